@@ -1,0 +1,155 @@
+"""Feature schema: what a CTR example holds, consumed by embeddings and models.
+
+A CTR example has
+  * ``sparse``: one id per one-hot categorical field, ``int32 [batch, num_sparse]``, each id in
+    ``[0, field.vocab_size)``;
+  * ``multi_hot_ids`` / ``multi_hot_lengths``: for multi-hot fields, ids padded to the field's
+    ``max_length``: ``int32 [batch, num_multi_hot, max_multi_hot_length]`` and the number of valid
+    ids per bag ``int32 [batch, num_multi_hot]`` (padding ids are 0 and ignored);
+  * ``dense``: ``float32 [batch, num_dense]``;
+  * ``label``: ``float32 [batch]`` in {0, 1};
+  * ``weight``: ``float32 [batch]``, 1 for real rows and 0 for padding rows (the last batch of an
+    epoch is padded, never dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseField:
+  """A categorical field.
+
+  Attributes:
+    name: field name (also the embedding table name).
+    vocab_size: number of ids, including any out-of-vocabulary bucket.
+    max_length: 1 for a one-hot field; the padded bag length for a multi-hot field.
+    pooling: how a multi-hot bag is pooled: 'sum' or 'mean'.
+  """
+  name: str
+  vocab_size: int
+  max_length: int = 1
+  pooling: str = 'mean'
+
+  def __post_init__(self):
+    if self.vocab_size < 1:
+      raise ValueError(f'field {self.name!r}: vocab_size must be >= 1, got {self.vocab_size}')
+    if self.max_length < 1:
+      raise ValueError(f'field {self.name!r}: max_length must be >= 1, got {self.max_length}')
+    if self.pooling not in ('sum', 'mean'):
+      raise ValueError(f"field {self.name!r}: pooling must be 'sum' or 'mean', got {self.pooling!r}")
+
+  @property
+  def multi_hot(self) -> bool:
+    return self.max_length > 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSchema:
+  """The fields of a CTR dataset.
+
+  Attributes:
+    sparse: categorical fields, one-hot and multi-hot (in order; one-hot ones fill ``sparse``
+      columns and multi-hot ones fill ``multi_hot_ids`` rows, each in schema order).
+    dense: names of the dense (numeric) features.
+  """
+  sparse: tuple[SparseField, ...]
+  dense: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    names = [f.name for f in self.sparse] + list(self.dense)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+      raise ValueError(f'duplicate feature names in schema: {dup}')
+
+  @property
+  def one_hot_fields(self) -> tuple[SparseField, ...]:
+    return tuple(f for f in self.sparse if not f.multi_hot)
+
+  @property
+  def multi_hot_fields(self) -> tuple[SparseField, ...]:
+    return tuple(f for f in self.sparse if f.multi_hot)
+
+  @property
+  def num_sparse(self) -> int:
+    """Number of one-hot fields (columns of ``sparse``)."""
+    return len(self.one_hot_fields)
+
+  @property
+  def num_multi_hot(self) -> int:
+    return len(self.multi_hot_fields)
+
+  @property
+  def max_multi_hot_length(self) -> int:
+    return max((f.max_length for f in self.multi_hot_fields), default=0)
+
+  @property
+  def num_dense(self) -> int:
+    return len(self.dense)
+
+  @property
+  def num_fields(self) -> int:
+    """Number of categorical fields (one embedding each after pooling)."""
+    return len(self.sparse)
+
+  @property
+  def vocab_sizes(self) -> tuple[int, ...]:
+    return tuple(f.vocab_size for f in self.sparse)
+
+  def to_dict(self) -> dict:
+    return {'sparse': [dataclasses.asdict(f) for f in self.sparse], 'dense': list(self.dense)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'FeatureSchema':
+    return cls(sparse=tuple(SparseField(**f) for f in d['sparse']), dense=tuple(d.get('dense', ())))
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict())
+
+  @classmethod
+  def from_json(cls, s: str) -> 'FeatureSchema':
+    return cls.from_dict(json.loads(s))
+
+
+def one_hot_schema(names: Sequence[str], vocab_sizes: Sequence[int],
+                   dense: Sequence[str] = ()) -> FeatureSchema:
+  """A schema of one-hot fields, e.g. ``one_hot_schema(['user', 'item'], [957, 4082])``."""
+  if len(names) != len(vocab_sizes):
+    raise ValueError(f'{len(names)} names but {len(vocab_sizes)} vocab sizes')
+  return FeatureSchema(tuple(SparseField(n, int(v)) for n, v in zip(names, vocab_sizes)),
+                       tuple(dense))
+
+
+def check_ids(schema: FeatureSchema, sparse: np.ndarray, where: str = 'batch') -> None:
+  """Raises ValueError naming the field and row if any one-hot id is outside its vocabulary."""
+  sizes = np.array([f.vocab_size for f in schema.one_hot_fields], dtype=np.int64)
+  bad = (sparse < 0) | (sparse >= sizes[None, :])
+  if bad.any():
+    row, col = np.argwhere(bad)[0]
+    f = schema.one_hot_fields[col]
+    raise ValueError(f'{where}: row {row}: field {f.name!r} id {int(sparse[row, col])} is outside '
+                     f'[0, {f.vocab_size})')
+
+
+def check_multi_hot(schema: FeatureSchema, ids: np.ndarray, lengths: np.ndarray,
+                    where: str = 'batch') -> None:
+  """Raises ValueError naming the field and row for a bad bag length or an id out of range."""
+  for j, f in enumerate(schema.multi_hot_fields):
+    ln = lengths[:, j]
+    bad = (ln < 0) | (ln > f.max_length)
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise ValueError(f'{where}: row {row}: field {f.name!r} bag length {int(ln[row])} is outside '
+                       f'[0, {f.max_length}]')
+    valid = np.arange(ids.shape[2])[None, :] < ln[:, None]
+    fid = ids[:, j, :]
+    bad = valid & ((fid < 0) | (fid >= f.vocab_size))
+    if bad.any():
+      row, pos = np.argwhere(bad)[0]
+      raise ValueError(f'{where}: row {row}: field {f.name!r} id {int(fid[row, pos])} is outside '
+                       f'[0, {f.vocab_size})')

@@ -1,0 +1,72 @@
+"""Per-field embedding tables: ids -> one ``d``-dim vector per categorical field.
+
+Logical axes: every table is ``('vocab', 'embed')``; the trainer's embedding regularizer and the
+sharding rules find tables by the ``'vocab'`` axis name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxrec.data.schema import FeatureSchema
+
+# FuxiCTR / BARS initialise embeddings with N(0, 1e-4).
+default_embedding_init = nn.initializers.normal(stddev=1e-4)
+
+
+class FieldEmbedding(nn.Module):
+  """Looks up one embedding per categorical field (multi-hot bags pooled).
+
+  Attributes:
+    schema: the feature schema (one table per sparse field, named after the field).
+    dim: embedding dimension ``d``.
+    embedding_init: initializer of the tables.
+
+  Call:
+    features: the batch dict; uses ``sparse`` ``int32 [B, S]`` and, if the schema has multi-hot
+      fields, ``multi_hot_ids`` ``int32 [B, M, L]`` and ``multi_hot_lengths`` ``int32 [B, M]`` and ``multi_hot_weights`` ``float32 [B, M, L]``
+      (bag = weighted sum of its valid rows; 'mean' pooling divides by the bag length).
+
+  Returns:
+    ``[B, F, d]`` with ``F = schema.num_fields`` in schema order.
+
+  Example::
+
+    emb = FieldEmbedding(schema, dim=10)
+    variables = emb.init(key, batch)
+    x = emb.apply(variables, batch)   # [B, 10, 10] for Frappe
+  """
+  schema: FeatureSchema
+  dim: int
+  embedding_init: Callable = default_embedding_init
+  dtype: jnp.dtype = jnp.float32
+
+  def _table(self, field):
+    return self.param(field.name, nn.with_logical_partitioning(self.embedding_init, ('vocab', 'embed')),
+                      (field.vocab_size, self.dim), jnp.float32)
+
+  @nn.compact
+  def __call__(self, features) -> jnp.ndarray:
+    outs = []
+    sparse = features['sparse']
+    oh, mh = 0, 0
+    for field in self.schema.sparse:
+      table = self._table(field).astype(self.dtype)
+      if not field.multi_hot:
+        outs.append(jnp.take(table, sparse[:, oh], axis=0))  # [B, d]
+        oh += 1
+      else:
+        ids = features['multi_hot_ids'][:, mh, :field.max_length]  # [B, L]
+        lengths = features['multi_hot_lengths'][:, mh]  # [B]
+        weights = features['multi_hot_weights'][:, mh, :field.max_length].astype(table.dtype)
+        mh += 1
+        mask = (jnp.arange(field.max_length)[None, :] < lengths[:, None]).astype(table.dtype)
+        mask = mask * weights
+        pooled = jnp.einsum('bl,bld->bd', mask, jnp.take(table, ids, axis=0))
+        if field.pooling == 'mean':
+          pooled = pooled / jnp.maximum(lengths, 1)[:, None].astype(table.dtype)
+        outs.append(pooled)
+    return jnp.stack(outs, axis=1)  # [B, F, d]
