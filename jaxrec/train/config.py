@@ -1,0 +1,42 @@
+"""The fields every training config has, with the BARS protocol defaults.
+
+Experiment files in configs/ start from :func:`base_config` and override what differs.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every run has (BARS protocol defaults)."""
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = 'synthetic'  # synthetic | frappe | movielens | criteo | avazu | libffm
+  c.data_dir = ''  # folder of the dataset's files (unused for synthetic)
+  c.dataset_options = ml_collections.ConfigDict()
+  # Model.
+  c.model = 'dcnv2'  # lr | fm | deepfm | dlrm | dcnv2
+  c.embedding_dim = 10
+  c.model_kwargs = ml_collections.ConfigDict()
+  # Optimisation (BARS: Adam 1e-3, batch 4096, grad-norm clip 10 as FuxiCTR).
+  c.batch_size = 4096
+  c.eval_batch_size = 4096
+  c.learning_rate = 1e-3
+  c.max_grad_norm = 10.0
+  c.embedding_regularizer = 0.0
+  c.net_regularizer = 0.0
+  # BARS protocol: validate every epoch; lr x0.1 on no improvement (floor 1e-6); stop after 2
+  # epochs without improvement; test the best checkpoint.
+  c.num_epochs = 100
+  c.monitor = 'auc'  # auc | logloss | auc-logloss
+  c.min_delta = 1e-6
+  c.lr_decay_factor = 0.1
+  c.min_learning_rate = 1e-6
+  c.early_stop_patience = 2
+  c.seed = 2021
+  # Bookkeeping.
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 200  # latest checkpoint; also at every epoch end
+  c.max_steps = 0  # 0 = no limit; else stop (resumably) after this many steps
+  c.progress = True
+  c.tensorboard = True
+  return c

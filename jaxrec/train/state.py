@@ -1,0 +1,169 @@
+"""Train state, optimizer and the jitted train / eval steps shared by every CTR model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+PyTree = Any
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree; checkpointed whole).
+
+  Attributes:
+    step: number of optimizer steps taken.
+    params: model parameters (unboxed).
+    batch_stats: BatchNorm running statistics ({} when the model has none).
+    opt_state: optax state; the learning rate lives in ``opt_state.hyperparams``.
+    rng: base PRNG key (uint32[2]); step ``s`` uses ``fold_in(rng, s)`` for dropout.
+  """
+  step: jnp.ndarray
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  rng: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Optimizer and loss settings (FuxiCTR / BARS semantics).
+
+  Attributes:
+    learning_rate: initial Adam learning rate.
+    max_grad_norm: global-norm gradient clipping (FuxiCTR clips at 10); 0 disables it.
+    embedding_regularizer: lambda of ``lambda/2 * ||W||^2`` over every embedding table (found by
+      its ``'vocab'`` logical axis), added to the loss each step as FuxiCTR does.
+    net_regularizer: the same over all other parameters.
+  """
+  learning_rate: float = 1e-3
+  max_grad_norm: float = 10.0
+  embedding_regularizer: float = 0.0
+  net_regularizer: float = 0.0
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+  """Adam with the learning rate injected as a hyperparameter (set on plateau by the loop)."""
+  adam = optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate)
+  if cfg.max_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam)
+  return adam
+
+
+def _with_lr(adam_state, lr: float):
+  hp = dict(adam_state.hyperparams)
+  hp['learning_rate'] = jnp.asarray(lr, dtype=jnp.asarray(hp['learning_rate']).dtype)
+  return adam_state._replace(hyperparams=hp)
+
+
+def _adam_state(opt_state):
+  """The inject_hyperparams state: the whole state, or the 2nd of (clip, adam) from make_optimizer."""
+  return opt_state if hasattr(opt_state, 'hyperparams') else opt_state[1]
+
+
+def get_learning_rate(state: TrainState) -> float:
+  return float(_adam_state(state.opt_state).hyperparams['learning_rate'])
+
+
+def set_learning_rate(state: TrainState, lr: float) -> TrainState:
+  """Returns ``state`` with the optimizer's learning rate replaced by ``lr``."""
+  if hasattr(state.opt_state, 'hyperparams'):
+    return state.replace(opt_state=_with_lr(state.opt_state, lr))
+  clip, adam = state.opt_state
+  return state.replace(opt_state=(clip, _with_lr(adam, lr)))
+
+
+def embedding_mask(boxed_params: PyTree) -> PyTree:
+  """True for parameters whose logical axes include 'vocab' (embedding tables)."""
+  specs = nn.get_partition_spec(boxed_params)
+  return jax.tree.map(lambda s: s is not None and 'vocab' in tuple(s), specs,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec) or x is None)
+
+
+def create_train_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
+                       seed: int) -> tuple[TrainState, PyTree]:
+  """Initialises the model on ``example_batch`` and returns (state, embedding mask)."""
+  rng = jax.random.PRNGKey(seed)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, features(example_batch),
+                         train=False)
+  boxed = variables['params']
+  mask = embedding_mask(boxed)
+  params = nn.meta.unbox(boxed)
+  batch_stats = nn.meta.unbox(variables.get('batch_stats', {}))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params), rng=state_rng)
+  return state, mask
+
+
+FEATURE_KEYS = ('sparse', 'dense', 'multi_hot_ids', 'multi_hot_lengths', 'multi_hot_weights')
+
+
+def features(batch: dict) -> dict:
+  """The model inputs of a batch (drops label and weight)."""
+  return {k: batch[k] for k in FEATURE_KEYS if k in batch}
+
+
+def weighted_bce(logits: jnp.ndarray, labels: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
+  """Mean binary cross-entropy over rows with weight > 0 (padding rows have weight 0)."""
+  per_row = optax.sigmoid_binary_cross_entropy(logits, labels)
+  return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def regularization(params: PyTree, mask: PyTree, cfg: OptimConfig) -> jnp.ndarray:
+  """``emb_reg/2 * sum ||table||^2 + net_reg/2 * sum ||w||^2`` (FuxiCTR's p=2 regularizer)."""
+  total = jnp.zeros((), jnp.float32)
+  for p, is_emb in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
+    lam = cfg.embedding_regularizer if is_emb else cfg.net_regularizer
+    if lam:
+      total = total + (lam / 2.0) * jnp.sum(jnp.square(p.astype(jnp.float32)))
+  return total
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: PyTree,
+                    cfg: OptimConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Builds ``train_step(state, batch) -> (state, metrics)`` (jit it with the state donated)."""
+
+  def train_step(state: TrainState, batch: dict):
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      variables = {'params': params}
+      if state.batch_stats:
+        variables['batch_stats'] = state.batch_stats
+      logits, updates = model.apply(variables, features(batch), train=True,
+                                    rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      data_loss = weighted_bce(logits, batch['label'], batch['weight'])
+      reg = regularization(params, mask, cfg)
+      return data_loss + reg, (data_loss, reg, updates.get('batch_stats', {}))
+
+    (loss, (data_loss, reg, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              batch_stats=new_stats if state.batch_stats else state.batch_stats)
+    metrics = {'loss': loss, 'data_loss': data_loss, 'reg_loss': reg,
+               'grad_norm': optax.tree.norm(grads), 'update_norm': optax.tree.norm(updates)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], jnp.ndarray]:
+  """Builds ``eval_step(state, batch) -> logits [B]`` in inference mode."""
+
+  def eval_step(state: TrainState, batch: dict):
+    variables = {'params': state.params}
+    if state.batch_stats:
+      variables['batch_stats'] = state.batch_stats
+    return model.apply(variables, features(batch), train=False)
+
+  return eval_step
