@@ -3,7 +3,8 @@
 ``logit = LinearLogit(x) + sum_{i<j} <e_i, e_j> + MLP([flatten(e), dense])``
 
 The FM and the DNN share the ``d``-dim field embeddings; the first-order term has its own dim-1
-tables and bias, and the DNN's output layer has its own bias (both as in FuxiCTR). Dense features
+tables and no bias, and the DNN's output layer carries the model's one bias (as in FuxiCTR, whose
+DeepFM builds its FM part with ``use_bias=False``). Dense features
 enter the linear term and are appended to the DNN input.
 """
 
@@ -60,6 +61,6 @@ class DeepFM(nn.Module):
       dnn_in = jnp.concatenate([dnn_in, dense.astype(dnn_in.dtype)], axis=-1)
     dnn = MLP(self.hidden_units, self.activation, self.dropout_rate, self.batch_norm,
               output_dim=1, name='dnn')
-    logit = (LinearLogit(self.schema, name='linear')(features) + fm_second_order(emb)
+    logit = (LinearLogit(self.schema, use_bias=False, name='linear')(features) + fm_second_order(emb)
              + dnn(dnn_in, train)[:, 0])
     return logit.astype(jnp.float32)

@@ -45,6 +45,7 @@ class LinearLogit(nn.Module):
 
   Attributes:
     schema: the feature schema.
+    use_bias: whether the term has its own bias (DeepFM's has none: its DNN output carries it).
 
   Call:
     features: the batch dict.
@@ -53,6 +54,7 @@ class LinearLogit(nn.Module):
     ``float32 [batch]``.
   """
   schema: FeatureSchema
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, features: Features) -> jax.Array:
@@ -61,6 +63,8 @@ class LinearLogit(nn.Module):
     dense = dense_features(self.schema, features)
     if dense is not None:
       out = out + MLP(output_dim=1, use_bias=False, name='dense')(dense, train=False)[:, 0]
+    if not self.use_bias:
+      return out
     bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ()),
                       (), jnp.float32)
     return out + bias

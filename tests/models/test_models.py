@@ -153,6 +153,7 @@ def test_fm_matches_numpy():
 
 def test_deepfm_matches_numpy():
   out, p, stats, batch = _ref_setup('deepfm', batch_norm=True)
+  assert 'bias' not in p['linear']  # FuxiCTR: one bias, on the DNN output
   emb = np_embed(p['embedding'], MIXED, batch)
   dnn_in = np.concatenate([emb.reshape(8, -1), batch['dense']], 1)
   ref = (np_linear(p['linear'], MIXED, batch) + np_pairwise_sum(emb)

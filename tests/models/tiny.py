@@ -107,7 +107,7 @@ def np_mlp(params: dict, x: np.ndarray, batch_stats: dict | None = None, act=rel
 
 def np_linear(params: dict, schema: FeatureSchema, batch: dict) -> np.ndarray:
   """Reference first-order term ``[B]``."""
-  out = np_embed(params['embedding'], schema, batch)[..., 0].sum(1) + params['bias']
+  out = np_embed(params['embedding'], schema, batch)[..., 0].sum(1) + params.get('bias', 0.0)
   if schema.num_dense:
     out = out + batch['dense'].astype(np.float64) @ params['dense']['output']['kernel'][:, 0]
   return out
