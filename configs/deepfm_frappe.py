@@ -14,26 +14,11 @@ See docs/bars_frappe_hparams.md.
 
 import ml_collections
 
-from jaxrec.train.config import base_config
+from jaxrec.train.config import frappe_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = base_config()
-  c.dataset = 'frappe'
-  c.data_dir = '../shared/data/frappe'  # relative to the repo root; override with --config.data_dir
-  c.model = 'deepfm'
-  c.embedding_dim = 10
-  c.model_kwargs = ml_collections.ConfigDict(dict(
-      hidden_units=(400, 400, 400),
-      activation='relu',
-      dropout_rate=0.2,
-      batch_norm=True))
-  c.batch_size = 4096
-  c.learning_rate = 1e-3
+  c = frappe_config('deepfm', hidden_units=(400, 400, 400), activation='relu', dropout_rate=0.2,
+                    batch_norm=True)
   c.embedding_regularizer = 0.05
-  c.net_regularizer = 0.0
-  c.monitor = 'auc'
-  c.num_epochs = 100
-  c.early_stop_patience = 2
-  c.seed = 2021
   return c

@@ -15,29 +15,18 @@ See docs/bars_frappe_hparams.md.
 
 import ml_collections
 
-from jaxrec.train.config import base_config
+from jaxrec.train.config import frappe_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = base_config()
-  c.dataset = 'frappe'
-  c.data_dir = '../shared/data/frappe'  # relative to the repo root; override with --config.data_dir
-  c.model = 'dlrm'
-  c.embedding_dim = 10
-  c.model_kwargs = ml_collections.ConfigDict(dict(
+  c = frappe_config(
+      'dlrm',
       top_mlp_units=(400, 400, 400),
       bottom_mlp_units=(),  # BARS None; unused since Frappe has no dense features
       activation='relu',  # BARS top_mlp_activations = bottom_mlp_activations = ReLU
       top_dropout_rate=0.4,
       bottom_dropout_rate=0.0,
       interaction='cat',
-      batch_norm=True))
-  c.batch_size = 4096
-  c.learning_rate = 1e-3
+      batch_norm=True)
   c.embedding_regularizer = 0.1
-  c.net_regularizer = 0.0
-  c.monitor = 'auc'
-  c.num_epochs = 100
-  c.early_stop_patience = 2
-  c.seed = 2021
   return c

@@ -40,3 +40,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress = True
   c.tensorboard = True
   return c
+
+
+FRAPPE_DATA_DIR = '../shared/data/frappe'  # relative to the repo root; --config.data_dir overrides
+
+
+def frappe_config(model: str, **model_kwargs) -> ml_collections.ConfigDict:
+  """:func:`base_config` for ``model`` on Frappe_x1; the BARS protocol defaults (embedding dim 10,
+  batch 4096, Adam 1e-3, monitor AUC, 100 epochs, patience 2, seed 2021) already hold there."""
+  c = base_config()
+  c.dataset = 'frappe'
+  c.data_dir = FRAPPE_DATA_DIR
+  c.model = model
+  c.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+  return c

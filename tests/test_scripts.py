@@ -1,0 +1,100 @@
+"""Command-line end to end: scripts/train.py and scripts/evaluate.py as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def _frappe_subset(shared_data, tmp_path, rows=3000):
+  """The first ``rows`` lines of the real Frappe train/validation files, in the libfm layout."""
+  d = tmp_path / 'frappe'
+  d.mkdir()
+  for name in ('frappe.train.libfm', 'frappe.validation.libfm'):
+    with open(shared_data / 'frappe' / name) as src, open(d / name, 'w') as dst:
+      for i, line in enumerate(src):
+        if i >= rows:
+          break
+        dst.write(line)
+  return d
+
+
+def _run(args, **kw):
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  return subprocess.run([sys.executable] + args, cwd=REPO_ROOT, env=env, capture_output=True,
+                        text=True, timeout=600, **kw)
+
+
+def _train_args(data_dir, workdir, *extra):
+  return ['scripts/train.py', '--config', 'configs/fm_frappe.py', '--workdir', str(workdir),
+          f'--config.data_dir={data_dir}', '--config.num_epochs=2', '--config.batch_size=512',
+          '--config.eval_batch_size=1000', '--config.progress=False', *extra]
+
+
+def test_train_then_evaluate_from_the_command_line(shared_data, tmp_path):
+  data_dir = _frappe_subset(shared_data, tmp_path)
+  workdir = tmp_path / 'run'
+  out = _run(_train_args(data_dir, workdir))
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['valid']['rows'] == 3000 and results['epochs_run'] == 2
+
+  ev = _run(['scripts/evaluate.py', '--workdir', str(workdir), '--split_file',
+             str(data_dir / 'frappe.validation.libfm')])
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  metrics = json.loads(ev.stdout.strip().splitlines()[-1])
+  assert set(metrics) == {'auc', 'logloss', 'ne', 'rows'}
+  assert metrics['rows'] == 3000
+  # Same checkpoint, same rows: evaluate.py reproduces the run's own validation figures.
+  for k in ('auc', 'logloss', 'ne'):
+    assert metrics[k] == pytest.approx(results['valid'][k], rel=1e-6)
+
+
+def test_evaluate_names_a_bad_line(shared_data, tmp_path):
+  data_dir = _frappe_subset(shared_data, tmp_path, rows=1500)
+  workdir = tmp_path / 'run'
+  assert _run(_train_args(data_dir, workdir, '--config.num_epochs=1')).returncode == 0
+  bad = tmp_path / 'bad.libfm'
+  lines = (data_dir / 'frappe.validation.libfm').read_text().splitlines()[:5]
+  lines[3] = lines[3].replace(lines[3].split()[2], '999999:1')
+  bad.write_text('\n'.join(lines) + '\n')
+  ev = _run(['scripts/evaluate.py', '--workdir', str(workdir), '--split_file', str(bad)])
+  assert ev.returncode != 0
+  assert f'{bad}:4' in ev.stderr
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_result(shared_data, tmp_path):
+  """SIGKILL a real training process mid-run, restart it, and get the uninterrupted result."""
+  data_dir = _frappe_subset(shared_data, tmp_path)
+  extra = ['--config.num_epochs=3', '--config.checkpoint_every_steps=2']
+  straight = tmp_path / 'straight'
+  assert _run(_train_args(data_dir, straight, *extra)).returncode == 0
+  want = json.loads((straight / 'results.json').read_text())
+
+  killed = tmp_path / 'killed'
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  proc = subprocess.Popen([sys.executable] + _train_args(data_dir, killed, *extra), cwd=REPO_ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  latest = killed / 'checkpoints' / 'latest'
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p) for p in os.listdir(latest) if p.isdigit()] if latest.is_dir() else []
+    if steps and max(steps) >= 7:  # into epoch 2 (6 steps per epoch)
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'training finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'results.json').exists()
+  out = _run(_train_args(data_dir, killed, *extra))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Resuming from' in out.stdout
+  got = json.loads((killed / 'results.json').read_text())
+  assert got == want
