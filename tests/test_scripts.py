@@ -98,3 +98,21 @@ def test_sigkilled_run_resumes_to_the_same_result(shared_data, tmp_path):
   assert 'Resuming from' in out.stdout
   got = json.loads((killed / 'results.json').read_text())
   assert got == want
+
+
+def test_plot_metrics_writes_a_png(tmp_path):
+  from jaxrec.train.writers import MetricWriter  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  w = MetricWriter(str(run), tensorboard=False)
+  for step in (10, 20, 30):
+    w.write(step, 'train', {'loss': 1.0 / step})
+    w.write(step, 'valid', {'auc': 0.5 + step / 100, 'epoch': step // 10})
+  w.close()
+  out = tmp_path / 'plot.png'
+  res = _run(['scripts/plot_metrics.py', str(run), '--metric', 'valid/auc', '--metric',
+              'train/loss', '--out', str(out)])
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  bad = _run(['scripts/plot_metrics.py', str(run), '--metric', 'valid/missing', '--out',
+              str(out)])
+  assert bad.returncode != 0 and 'valid/missing' in bad.stderr
