@@ -261,4 +261,5 @@ def test_initialisation_follows_fuxictr():
   kernel = p['dnn']['dense_0']['kernel']  # [48, 300]
   assert abs(kernel.std() / np.sqrt(2 / (48 + 300)) - 1) < 0.05
   np.testing.assert_array_equal(p['dnn']['dense_0']['bias'], 0)
-  np.testing.assert_array_equal(p['linear']['bias'], 0)
+  lr = init(build_model('lr', SPARSE), make_batch(SPARSE))['params']
+  np.testing.assert_array_equal(lr['linear']['bias'], 0)
