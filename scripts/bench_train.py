@@ -1,7 +1,8 @@
 """Train-step throughput per model: examples/s, median over timed steps after warm-up.
 
-    python scripts/bench_train.py [--models lr,fm,deepfm,dlrm,dcnv2] [--batch_size 4096]
-        [--data_dir ../shared/data/frappe] [--steps 30] [--warmup 5] [--out docs/bench_train.md]
+    python scripts/bench_train.py [--models lr,fm,deepfm,dlrm,dcnv2,wukong,dhen]
+        [--batch_size 4096] [--data_dir ../shared/data/frappe] [--steps 30] [--warmup 5]
+        [--out docs/bench_train.md]
 
 Each model uses its configs/<model>_frappe.py hyperparameters and real Frappe batches (the
 training step is the trainer's own jitted step with the state donated). Prints a Markdown table and
@@ -51,7 +52,7 @@ def bench_model(name: str, data, batch_size: int, steps: int, warmup: int) -> di
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument('--models', default='lr,fm,deepfm,dlrm,dcnv2')
+  p.add_argument('--models', default='lr,fm,deepfm,dlrm,dcnv2,wukong,dhen')
   p.add_argument('--batch_size', type=int, default=4096)
   p.add_argument('--data_dir', default=os.path.join(REPO, '..', 'shared', 'data', 'frappe'))
   p.add_argument('--steps', type=int, default=30)

@@ -19,12 +19,14 @@ import flax.linen as nn
 from jaxrec.data.schema import FeatureSchema
 from jaxrec.models.dcnv2 import DCNv2
 from jaxrec.models.deepfm import DeepFM
+from jaxrec.models.dhen import DHEN
 from jaxrec.models.dlrm import DLRM
 from jaxrec.models.fm import FM
 from jaxrec.models.lr import LR
+from jaxrec.models.wukong import Wukong
 
 MODELS: dict[str, type[nn.Module]] = {'lr': LR, 'fm': FM, 'deepfm': DeepFM, 'dlrm': DLRM,
-                                      'dcnv2': DCNv2}
+                                      'dcnv2': DCNv2, 'wukong': Wukong, 'dhen': DHEN}
 
 
 def model_hyperparameters(cls: type[nn.Module]) -> tuple[str, ...]:
