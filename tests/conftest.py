@@ -1,7 +1,11 @@
 """Shared pytest fixtures."""
 
 import os
-import pathlib
+
+# 8 emulated CPU devices for the sharding tests (set before anything imports jax; see docs/fsdp.md).
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest
 

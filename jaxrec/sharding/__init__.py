@@ -1,0 +1,18 @@
+"""Meshes, the logical-axis rules table, FSDP strategies and multi-host data for the one trainer.
+
+* ``mesh``: ``make_mesh`` / ``make_hierarchical_mesh`` / ``mesh_from_config`` (named axes data,
+  fsdp, tensor; -1 = the rest; (host, local) form; host-major global device order).
+* ``rules``: ``LOGICAL_AXIS_RULES``, the one table mapping the models' logical axis names to mesh
+  axes.
+* ``fsdp``: ``Strategy`` (FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD), ``MixedPrecision``,
+  ``ShardingConfig``, ``plan_state`` and the GSPMD gather / reduce hooks.
+* ``shard_map_fsdp``: FULL_SHARD with explicit all_gather / psum_scatter.
+* ``guardrail``: the unsharded-parameter report and check.
+* ``offload``: parameters / optimizer state in host memory.
+* ``data``: process-local batches and global arrays for multi-host runs.
+* ``distributed``: ``jax.distributed`` initialisation from flags or environment variables.
+* ``hlo``: collectives (kind, dtype, bytes) counted from compiled HLO text.
+* ``trainer``: ``ShardedTrainer``, what ``jaxrec.train.loop`` runs.
+
+See docs/fsdp.md.
+"""

@@ -39,6 +39,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = 0  # 0 = no limit; else stop (resumably) after this many steps
   c.progress = True
   c.tensorboard = True
+  # Sharding (jaxrec.sharding, docs/fsdp.md): a mesh over every device of every process and the
+  # FSDP strategy. The default is plain data parallelism over all devices.
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # -1: rest
+  c.sharding.hosts = 0  # 0: flat mesh; N, or -1 = one per process: (host, local) mesh, sizes per host
+  c.sharding.strategy = 'NO_SHARD'  # FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
+  c.sharding.implementation = 'gspmd'  # gspmd | shard_map (explicit collectives; FULL/HYBRID)
+  c.sharding.param_dtype = 'float32'  # dtype of the gathered parameters (masters stay float32)
+  c.sharding.reduce_dtype = ''  # dtype of the gradient reduction ('' = param_dtype)
+  c.sharding.compute_dtype = ''  # dtype of the floating inputs ('' = param_dtype)
+  c.sharding.remat_policy = 'none'  # none | full | dots | dots_no_batch | everything
+  c.sharding.offload_params = False  # keep parameters in host memory between steps
+  c.sharding.offload_opt_state = False  # keep the optimizer state in host memory between steps
+  c.sharding.indivisible = 'error'  # error | replicate: a dimension that does not divide its axes
+  c.sharding.max_unsharded_fraction = 0.1  # guardrail: fail above this unsharded fraction
   return c
 
 

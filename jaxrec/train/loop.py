@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from jaxrec.data.dataset import CTRSource, num_batches
 from jaxrec.data.datasets import LoadedDataset, load_dataset
 from jaxrec.models import build_model
+from jaxrec.sharding.data import gather_rows
+from jaxrec.sharding.trainer import ShardedTrainer
 from jaxrec.train import state as state_lib
 from jaxrec.train.checkpoint import RunCheckpoints
 from jaxrec.train.metrics import ctr_metrics
@@ -65,7 +67,11 @@ def make_model(config: ml_collections.ConfigDict, schema):
 
 def evaluate(eval_step, state, source: CTRSource, batch_size: int,
              desc: Optional[str] = None, progress: bool = False) -> dict[str, float]:
-  """Scores every row of ``source`` (padding removed) and returns auc/logloss/ne/rows."""
+  """Scores every row of ``source`` (padding removed) and returns auc/logloss/ne/rows.
+
+  On several processes ``source`` yields this process's rows and the rows of all processes are
+  gathered before the metrics.
+  """
   logits, labels, weights = [], [], []
   it = source.batches(batch_size)
   if progress:
@@ -74,7 +80,9 @@ def evaluate(eval_step, state, source: CTRSource, batch_size: int,
     logits.append(np.asarray(eval_step(state, batch)))
     labels.append(batch['label'])
     weights.append(batch['weight'])
-  return ctr_metrics(np.concatenate(labels), np.concatenate(logits), np.concatenate(weights))
+  labels, logits, weights = gather_rows(np.concatenate(labels), np.concatenate(logits),
+                                        np.concatenate(weights))  # every process's rows
+  return ctr_metrics(labels, logits, weights)
 
 
 def _initial_meta() -> dict:
@@ -111,23 +119,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   _write_json(os.path.join(workdir, 'dataset_state.json'),
               dict(data.state, schema=data.schema.to_dict()))
-  train, valid = data.splits['train'], data.splits['valid']
 
   model = make_model(config, data.schema)
   ocfg = optim_config(config)
   tx = state_lib.make_optimizer(ocfg)
-  example = next(train.batches(config.batch_size))
-  state, mask = state_lib.create_train_state(model, example, tx, config.seed)
+  # The mesh, FSDP strategy and multi-host data (jaxrec.sharding): each process reads its rows.
+  splits = dict(data.splits)
+  example = next(splits['train'].batches(config.batch_size))
+  trainer = ShardedTrainer.from_config(config, model, tx, ocfg, example)
+  trainer.check_batch_size(config.batch_size)
+  splits = {k: trainer.local_source(v) for k, v in splits.items()}
+  train, valid = splits['train'], splits['valid']
+  state, _ = trainer.init_state()
   ckpts = RunCheckpoints(workdir)
   restored = ckpts.restore('latest', state)
   meta = _initial_meta()
   if restored is not None:
     state, meta = restored
-    print(f'Resuming from {workdir} at step {int(state.step)} (epoch {meta["epoch"]}, '
-          f'batch {meta["batch"]})')
+    if jax.process_index() == 0:
+      print(f'Resuming from {workdir} at step {int(state.step)} (epoch {meta["epoch"]}, '
+            f'batch {meta["batch"]})')
 
-  train_step = jax.jit(state_lib.make_train_step(model, tx, mask, ocfg), donate_argnums=0)
-  eval_step = jax.jit(state_lib.make_eval_step(model))
+  train_step, eval_step = trainer.train_step, trainer.eval_step
   writer = MetricWriter(workdir, tensorboard=config.tensorboard)
   steps_per_epoch = num_batches(train.num_rows, config.batch_size)
   show = config.progress and jax.process_index() == 0
@@ -143,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, m = train_step(state, batch)
         meta['batch'] += 1
         step = int(state.step)
-        rows = int(batch['weight'].sum())
+        rows = int(batch['weight'].sum()) * jax.process_count()
         bar.update(rows)
         for k, v in m.items():
           acc[k] = acc.get(k, 0.0) + v
@@ -167,9 +180,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           return {'stopped_at_step': step}
       bar.close()
       meta = _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts)
-      state = state_lib.set_learning_rate(state, meta['lr'])
+      state = trainer.set_learning_rate(state, meta['lr'])
       ckpts.save('latest', int(state.step), state, meta)
-    results = _final_evaluation(config, eval_step, state, data, meta, ckpts)
+    results = _final_evaluation(config, eval_step, state, splits, meta, ckpts)
     writer.write(int(state.step), 'final', {f'{s}_{k}': v for s, d in results.items()
                                             if isinstance(d, dict) for k, v in d.items()})
     _write_json(os.path.join(workdir, 'results.json'), results)
@@ -204,7 +217,7 @@ def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
   return meta
 
 
-def _final_evaluation(config, eval_step, state, data, meta, ckpts) -> dict:
+def _final_evaluation(config, eval_step, state, splits, meta, ckpts) -> dict:
   """Restores the best checkpoint and scores valid (and test when present)."""
   best = ckpts.restore('best', state)
   if best is None:
@@ -213,8 +226,8 @@ def _final_evaluation(config, eval_step, state, data, meta, ckpts) -> dict:
   results = {'best_epoch': best_meta['epoch'] + 1, 'epochs_run': meta['epoch'],
              'steps': int(state.step), 'history': meta['history']}
   for split in ('valid', 'test'):
-    if split in data.splits:
-      results[split] = evaluate(eval_step, best_state, data.splits[split], config.eval_batch_size)
+    if split in splits:
+      results[split] = evaluate(eval_step, best_state, splits[split], config.eval_batch_size)
   if jax.process_index() == 0:
     print('best checkpoint: ' + json.dumps({k: results[k] for k in ('best_epoch', 'valid')
                                            if k in results}), flush=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -87,20 +87,30 @@ def embedding_mask(boxed_params: PyTree) -> PyTree:
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec) or x is None)
 
 
-def create_train_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
-                       seed: int) -> tuple[TrainState, PyTree]:
-  """Initialises the model on ``example_batch`` and returns (state, embedding mask)."""
+def init_boxed_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
+                     seed: int) -> TrainState:
+  """The initial state with parameters (and the optimizer state built on them) still boxed.
+
+  Parameters stay ``nn.LogicallyPartitioned`` (carrying their logical axis names) and so do the
+  optimizer's per-parameter slots (Adam's ``mu``/``nu``), which lets ``jax.eval_shape`` of this
+  function tell the sharding code every array's logical axes. ``nn.meta.unbox`` gives the state
+  ``create_train_state`` returns.
+  """
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({'params': init_rng, 'dropout': init_rng}, features(example_batch),
                          train=False)
   boxed = variables['params']
-  mask = embedding_mask(boxed)
-  params = nn.meta.unbox(boxed)
   batch_stats = nn.meta.unbox(variables.get('batch_stats', {}))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=tx.init(params), rng=state_rng)
-  return state, mask
+  return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, batch_stats=batch_stats,
+                    opt_state=tx.init(boxed), rng=state_rng)
+
+
+def create_train_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
+                       seed: int) -> tuple[TrainState, PyTree]:
+  """Initialises the model on ``example_batch`` and returns (state, embedding mask)."""
+  boxed = init_boxed_state(model, example_batch, tx, seed)
+  return nn.meta.unbox(boxed), embedding_mask(boxed.params)
 
 
 FEATURE_KEYS = ('sparse', 'dense', 'multi_hot_ids', 'multi_hot_lengths', 'multi_hot_weights')
@@ -127,25 +137,80 @@ def regularization(params: PyTree, mask: PyTree, cfg: OptimConfig) -> jnp.ndarra
   return total
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: PyTree,
-                    cfg: OptimConfig) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Builds ``train_step(state, batch) -> (state, metrics)`` (jit it with the state donated)."""
+def _identity(x):
+  return x
 
-  def train_step(state: TrainState, batch: dict):
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params):
+def _no_prepare(params, feats):
+  return params, feats
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardHooks:
+  """Where the sharding code plugs into the forward and backward pass; the defaults change nothing.
+
+  Attributes:
+    cast_params: state params -> the params that are differentiated (outside the forward pass,
+      e.g. a cast to a low-precision dtype; the gradients come back in that dtype and layout).
+    prepare: ``(params, features) -> (params, features)`` at the start of the forward pass, inside
+      the rematerialised region (e.g. the FSDP all-gather of parameter shards, casting float
+      inputs).
+    checkpoint: forward function -> forward function (e.g. ``jax.checkpoint`` with a policy).
+    reduce_grads: gradients -> the gradients the optimizer sees (e.g. cast to the reduction dtype,
+      constrain to the sharded layout, cast back to the parameters' dtype).
+  """
+  cast_params: Callable[[PyTree], PyTree] = _identity
+  prepare: Callable[[PyTree, dict], tuple[PyTree, dict]] = _no_prepare
+  checkpoint: Callable[[Callable], Callable] = _identity
+  reduce_grads: Callable[[PyTree], PyTree] = _identity
+
+
+# (state, batch, dropout_rng) -> ((loss, (data_loss, reg_loss, new_batch_stats)), grads).
+LossAndGrad = Callable[[TrainState, dict, jax.Array], tuple[tuple[jax.Array, tuple], PyTree]]
+
+
+def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,
+                       hooks: ForwardHooks = ForwardHooks()) -> LossAndGrad:
+  """The loss (weighted BCE + regularization) of a batch and its gradient in the parameters."""
+
+  def loss_and_grad(state: TrainState, batch: dict, dropout_rng: jax.Array):
+
+    def forward(params, feats):
+      params, feats = hooks.prepare(params, feats)
       variables = {'params': params}
       if state.batch_stats:
         variables['batch_stats'] = state.batch_stats
-      logits, updates = model.apply(variables, features(batch), train=True,
-                                    rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      return model.apply(variables, feats, train=True, rngs={'dropout': dropout_rng},
+                         mutable=['batch_stats'])
+
+    forward_fn = hooks.checkpoint(forward)
+
+    def loss_fn(params):
+      logits, updates = forward_fn(params, features(batch))
       data_loss = weighted_bce(logits, batch['label'], batch['weight'])
       reg = regularization(params, mask, cfg)
       return data_loss + reg, (data_loss, reg, updates.get('batch_stats', {}))
 
-    (loss, (data_loss, reg, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    out, grads = jax.value_and_grad(loss_fn, has_aux=True)(hooks.cast_params(state.params))
+    return out, hooks.reduce_grads(grads)
+
+  return loss_and_grad
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: PyTree,
+                    cfg: OptimConfig, loss_and_grad: Optional[LossAndGrad] = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Builds ``train_step(state, batch) -> (state, metrics)`` (jit it with the state donated).
+
+  ``loss_and_grad`` replaces the default ``make_loss_and_grad(model, mask, cfg)`` (the sharding
+  code passes one with hooks, or an explicit shard_map implementation).
+  """
+  if loss_and_grad is None:
+    loss_and_grad = make_loss_and_grad(model, mask, cfg)
+
+  def train_step(state: TrainState, batch: dict):
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    (loss, (data_loss, reg, new_stats)), grads = loss_and_grad(state, batch, dropout_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -157,13 +222,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Py
   return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], jnp.ndarray]:
+def make_eval_step(model: nn.Module, hooks: ForwardHooks = ForwardHooks()
+                   ) -> Callable[[TrainState, dict], jnp.ndarray]:
   """Builds ``eval_step(state, batch) -> logits [B]`` in inference mode."""
 
   def eval_step(state: TrainState, batch: dict):
-    variables = {'params': state.params}
+    params, feats = hooks.prepare(hooks.cast_params(state.params), features(batch))
+    variables = {'params': params}
     if state.batch_stats:
       variables['batch_stats'] = state.batch_stats
-    return model.apply(variables, features(batch), train=False)
+    return model.apply(variables, feats, train=False)
 
   return eval_step
