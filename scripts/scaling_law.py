@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import datetime
 import os
 import platform
@@ -97,8 +98,27 @@ def fit_power_law(flops, excess) -> tuple[float, float]:
   return float(10 ** intercept), float(-slope)
 
 
-def run_study(config, models: Optional[list[str]] = None, log=print) -> tuple[list[dict], dict]:
-  """Trains every (model, size) of ``config``; returns (rows, bayes metrics)."""
+def _row_key(name: str, size: int, kwargs, config) -> str:
+  """Identifies a finished row: the model, its hyperparameters and the study's data/optimiser."""
+  study = {k: v for k, v in config.to_dict().items() if k != 'models'}
+  return json.dumps([name, size, dict(kwargs), study], sort_keys=True, default=str)
+
+
+def run_study(config, models: Optional[list[str]] = None, log=print,
+              rows_file: Optional[str] = None) -> tuple[list[dict], dict]:
+  """Trains every (model, size) of ``config``; returns (rows, bayes metrics).
+
+  With ``rows_file`` (JSON lines) every finished row is appended to it, and rows already there for
+  the same model, hyperparameters and study settings are reused instead of retrained, so an
+  interrupted study resumes where it stopped.
+  """
+  done = {}
+  if rows_file and os.path.exists(rows_file):
+    with open(rows_file, encoding='utf-8') as f:
+      for line in f:
+        if line.strip():
+          rec = json.loads(line)
+          done[rec['key']] = rec['row']
   data = SyntheticConfig(**config.data.to_dict())
   splits = make_splits(data, config.num_train, 0, config.num_test)
   bayes = bayes_metrics(splits['test'])
@@ -113,10 +133,18 @@ def run_study(config, models: Optional[list[str]] = None, log=print) -> tuple[li
     for size, kwargs in enumerate(config.models[name]):
       model = build_model(name, splits['train'].schema, embedding_dim=config.embedding_dim,
                           **dict(kwargs))
+      key = _row_key(name, size, kwargs, config)
+      if key in done:
+        rows.append(done[key])
+        log(f'{name} size {size}: reused from {rows_file}')
+        continue
       result = train_one(model, splits, config)
       row = dict(model=name, size=size, flops=per_example_flops(model), **result, **bayes)
       row['excess_logloss'] = row['test_logloss'] - bayes['bayes_logloss']
       rows.append(row)
+      if rows_file:
+        with open(rows_file, 'a', encoding='utf-8') as f:
+          f.write(json.dumps({'key': key, 'row': row}) + '\n')
       log(f'{name} size {size}: {row["flops"]:,} FLOPs/example, {row["params"]:,} params, test '
           f'logloss {row["test_logloss"]:.5f} AUC {row["test_auc"]:.5f} '
           f'({row["seconds"]:.0f} s)')
@@ -221,13 +249,17 @@ def main(argv=None):
   p.add_argument('--num_train', type=int, default=0, help='override the training rows')
   p.add_argument('--out', default=os.path.join(REPO, 'docs', 'scaling_law'),
                  help='output prefix: writes <out>.csv, <out>.png, <out>.md')
+  p.add_argument('--rows_file', default='',
+                 help='JSON lines of finished rows (default <out>.rows.jsonl): a rerun reuses them')
   args = p.parse_args(argv)
   config = load_config(args.preset, args.config)
   if args.num_train:
     config.num_train = args.num_train
   models = [m.strip() for m in args.models.split(',') if m.strip()] or None
   t0 = time.perf_counter()
-  rows, bayes = run_study(config, models, log=lambda s: print(s, flush=True))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  rows_file = args.rows_file or args.out + '.rows.jsonl'
+  rows, bayes = run_study(config, models, log=lambda s: print(s, flush=True), rows_file=rows_file)
   fit = fits(rows)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   write_csv(rows, args.out + '.csv')

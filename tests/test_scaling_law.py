@@ -74,6 +74,12 @@ def test_reduced_study_runs_end_to_end(tmp_path):
   text = open(out + '.md', encoding='utf-8').read()
   assert 'python scripts/scaling_law.py --preset reduced --models wukong' in text
   assert '| wukong | 0 |' in text and 'alpha' in text
+  # A rerun reuses the finished rows (<out>.rows.jsonl) instead of training again.
+  logs = []
+  rows2, _ = STUDY['run_study'](config, ['wukong'], log=logs.append,
+                                rows_file=out + '.rows.jsonl')
+  assert sum('reused' in line for line in logs) == 2
+  assert [r['test_logloss'] for r in rows2] == [float(r['test_logloss']) for r in rows]
 
 
 def test_unknown_model_and_preset_raise():
