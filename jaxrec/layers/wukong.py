@@ -27,7 +27,9 @@ public):
    ``mlp_units`` hidden layers with the activation (ReLU by default) and a *linear* output layer
    of width ``nF d`` (the paper gives no output activation).
 3. **Layer LayerNorm** normalises each output embedding over its ``d`` coordinates (as a
-   transformer normalises each token), not the whole ``[nF + nL, d]`` matrix.
+   transformer normalises each token) by default (``norm='embedding'``); ``norm='layer'``
+   normalises the whole flattened ``[nF + nL, d]`` matrix instead (one scale/bias per
+   coordinate, logical axis ``mlp_in``), which keeps the embeddings' relative magnitudes.
 4. **No bias** in the LCB or the residual projection: they are the paper's ``W X``.
 5. **Initialisation**: ``W``, ``Y`` and ``P`` are Xavier normal like every dense kernel in jaxrec
    (``jaxrec.layers.mlp.xavier_normal``); LayerNorm scale 1, bias 0, epsilon 1e-5 (PyTorch's
@@ -52,6 +54,7 @@ from jaxrec.layers.mlp import MLP, Activation, get_activation, xavier_normal
 # Logical axis names introduced by the Wukong blocks (beyond jaxrec.layers.LOGICAL_AXIS_NAMES).
 AXIS_NAMES = ('fields_in', 'fields')
 FM_PROJECTIONS = ('learned', 'projected')
+LAYER_NORMS = ('embedding', 'layer')
 LAYER_NORM_EPSILON = 1e-5
 
 
@@ -186,6 +189,8 @@ class WukongLayer(nn.Module):
     projection: the FMB's ``Y`` (``'learned'`` or ``'projected'``).
     activation: the FMB MLP's activation.
     dropout_rate: the FMB MLP's dropout.
+    norm: the layer LayerNorm's extent: ``'embedding'`` (each embedding over ``d``) or
+      ``'layer'`` (the flattened ``[nF + nL, d]``).
 
   Call:
     x: ``[batch, n, d]``; train: training mode.
@@ -201,8 +206,11 @@ class WukongLayer(nn.Module):
   projection: str = 'learned'
   activation: Activation = 'relu'
   dropout_rate: float = 0.0
+  norm: str = 'embedding'
 
   def __post_init__(self):
+    if self.norm not in LAYER_NORMS:
+      raise ValueError(f'WukongLayer: norm must be one of {LAYER_NORMS}, got {self.norm!r}')
     for name in ('num_fm_outputs', 'num_lcb_outputs'):
       v = getattr(self, name)
       if isinstance(v, bool) or int(v) != v or v < 0:
@@ -223,4 +231,7 @@ class WukongLayer(nn.Module):
     out = jnp.concatenate(parts, axis=1)  # [B, nF + nL, d]
     m = self.num_fm_outputs + self.num_lcb_outputs
     residual = x if x.shape[1] == m else LinearCompression(m, name='residual')(x)
-    return layer_norm('embed', 'norm')(out + residual)
+    if self.norm == 'embedding':
+      return layer_norm('embed', 'norm')(out + residual)
+    y = (out + residual).reshape(x.shape[0], -1)  # [B, m d]
+    return layer_norm('mlp_in', 'norm')(y).reshape(x.shape[0], m, x.shape[2])

@@ -70,6 +70,8 @@ class Wukong(nn.Module):
     num_dense_embeddings: embeddings the dense features become (unused without dense features).
     dense_mlp_units: hidden sizes of the dense projection MLP.
     activation: activation of every MLP.
+    layer_norm: each layer's LayerNorm extent, ``'embedding'`` (per embedding over ``d``) or
+      ``'layer'`` (the flattened layer output); see ``jaxrec/layers/wukong.py``.
 
   Call:
     features: the batch dict; train: training mode.
@@ -97,6 +99,7 @@ class Wukong(nn.Module):
   num_dense_embeddings: int = 1
   dense_mlp_units: Sequence[int] = ()
   activation: Activation = 'relu'
+  layer_norm: str = 'embedding'
 
   def __post_init__(self):
     for name in ('num_layers', 'num_fm_embeddings', 'num_lcb_embeddings'):
@@ -121,7 +124,7 @@ class Wukong(nn.Module):
     for i in range(self.num_layers):
       x = WukongLayer(self.num_fm_embeddings, self.num_lcb_embeddings, self.fm_rank,
                       tuple(self.fmb_mlp_units), self.fm_projection, self.activation,
-                      self.fmb_dropout_rate, name=f'layer_{i}')(x, train)  # [B, nF + nL, d]
+                      self.fmb_dropout_rate, self.layer_norm, name=f'layer_{i}')(x, train)  # [B, nF + nL, d]
     top = MLP(tuple(self.top_mlp_units), self.activation, self.dropout_rate, self.batch_norm,
               output_dim=1, name='top_mlp')
     return top(x.reshape(x.shape[0], -1), train)[:, 0].astype(jnp.float32)

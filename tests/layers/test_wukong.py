@@ -112,9 +112,10 @@ def test_fmb_matches_numpy(projection):
 
 @pytest.mark.parametrize('n, nf, nl', [(5, 2, 3), (4, 3, 3), (4, 0, 2), (4, 2, 0)],
                          ids=['identity_residual', 'projected_residual', 'lcb_only', 'fmb_only'])
-def test_wukong_layer_matches_numpy(n, nf, nl):
+@pytest.mark.parametrize('norm', ['embedding', 'layer'])
+def test_wukong_layer_matches_numpy(n, nf, nl, norm):
   x = _x(n=n, d=3)
-  layer = WukongLayer(num_fm_outputs=nf, num_lcb_outputs=nl, rank=2, mlp_units=(5,))
+  layer = WukongLayer(num_fm_outputs=nf, num_lcb_outputs=nl, rank=2, mlp_units=(5,), norm=norm)
   p = _params(layer, x, False)
   out = layer.apply({'params': p}, x, False)
   x64 = x.astype(np.float64)
@@ -130,7 +131,12 @@ def test_wukong_layer_matches_numpy(n, nf, nl):
     residual = x64
   else:
     residual = np.einsum('bnd,nm->bmd', x64, p['residual']['kernel'])
-  ref = _np_layer_norm(np.concatenate(parts, 1) + residual, p['norm'])
+  pre = np.concatenate(parts, 1) + residual  # [4, nf + nl, 3]
+  if norm == 'embedding':
+    ref = _np_layer_norm(pre, p['norm'])
+  else:
+    assert p['norm']['scale'].shape == ((nf + nl) * 3,)
+    ref = _np_layer_norm(pre.reshape(4, -1), p['norm']).reshape(pre.shape)
   assert out.shape == (4, nf + nl, 3)
   np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
 
@@ -144,6 +150,8 @@ def test_wukong_blocks_validate_arguments():
     WukongLayer(num_fm_outputs=0, num_lcb_outputs=0, rank=2)
   with pytest.raises(ValueError, match='num_lcb_outputs'):
     WukongLayer(num_fm_outputs=1, num_lcb_outputs=-1, rank=2)
+  with pytest.raises(ValueError, match="norm must be one of \\('embedding', 'layer'\\)"):
+    WukongLayer(num_fm_outputs=1, num_lcb_outputs=1, rank=2, norm='batch')
 
 
 def test_wukong_layer_logical_axes():
