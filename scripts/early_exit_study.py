@@ -41,9 +41,12 @@ def load_run(workdir: str):
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
   margins = dict(np.load(os.path.join(workdir, 'margins.npz')))
-  from jaxrec.layers.bert import minilm_dir
-  config = dataclasses.replace(BertConfig.from_hf_json(minilm_dir() / 'config.json'),
-                               dropout_rate=0.0)
+  if 'bert_config' in results:  # another encoder than all-MiniLM-L6-v2 (e.g. a test's)
+    config = BertConfig(**{**results['bert_config'], 'dropout_rate': 0.0})
+  else:
+    from jaxrec.layers.bert import minilm_dir
+    config = dataclasses.replace(BertConfig.from_hf_json(minilm_dir() / 'config.json'),
+                                 dropout_rate=0.0)
   model = optirag.OptiRAGCTR(config, results['config']['head_hidden'])
   with open(os.path.join(workdir, 'params.msgpack'), 'rb') as f:
     params = serialization.msgpack_restore(f.read())
@@ -53,19 +56,24 @@ def load_run(workdir: str):
   return results, margins, config, params
 
 
-def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-  """Median wall-clock seconds of ``fn_a()`` and of ``fn_b()`` over ``repeats`` alternating runs
-  (after one warm-up run of each, which compiles), so both see the same machine load."""
+def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float, float]:
+  """Medians over ``repeats`` alternating runs (after one warm-up run of each, which compiles)
+  of ``fn_a()`` and ``fn_b()``: ``(wall_a, wall_b, cpu_a, cpu_b)`` seconds.
+
+  Alternating lets both see the same machine load. ``cpu`` is this process's CPU time (every
+  thread, XLA's pool included): the compute a call used, which other jobs on a shared machine
+  disturb far less than its wall-clock time.
+  """
   fn_a()
   fn_b()
   times = []
   for _ in range(repeats):
-    t = time.perf_counter()
-    fn_a()
-    t_a = time.perf_counter() - t
-    t = time.perf_counter()
-    fn_b()
-    times.append((t_a, time.perf_counter() - t))
+    row = []
+    for fn in (fn_a, fn_b):
+      t, c = time.perf_counter(), time.process_time()
+      fn()
+      row += [time.perf_counter() - t, time.process_time() - c]
+    times.append((row[0], row[2], row[1], row[3]))
   return tuple(float(x) for x in np.median(np.array(times), axis=0))
 
 
@@ -119,14 +127,15 @@ def study_run(workdir: str, a) -> tuple[list[dict], dict]:
         for s in range(0, len(ids), bs):
           served.append(server(ids[s:s + bs], mask[s:s + bs], th, a.agree))
 
-      full_secs, exit_secs = paired_times(run_full, run_exit, a.repeats)
+      full_secs, exit_secs, full_cpu, exit_cpu = paired_times(run_full, run_exit, a.repeats)
       margin = np.concatenate([x[0] for x in served])
       layer = np.concatenate([x[1] for x in served])
       sim_layer, sim_margin = exits_at(test_m[:, :a.rows], th, a.agree)
       full_rps.append(len(ids) / full_secs)
       row.update({
           'rps': len(ids) / exit_secs, 'rps_full_depth': len(ids) / full_secs,
-          'speedup': full_secs / exit_secs, 'served_mean_layers': float(np.mean(layer + 1)),
+          'speedup': full_secs / exit_secs, 'cpu_speedup': full_cpu / exit_cpu,
+          'served_mean_layers': float(np.mean(layer + 1)),
           'served_layer_match': float(np.mean(layer == sim_layer)),
           'served_max_abs_diff': float(np.max(np.abs(margin - sim_margin)))})
     rows.append(row)
@@ -199,13 +208,18 @@ def plot(rows: list[dict], path: str) -> None:
 
 def markdown(rows: list[dict], summaries: list[dict], a, latency: dict) -> str:
   lines = [f'Test rows for AUC: all; throughput: first {a.rows} test prompts in batches of '
-           f'{a.batch_size}, median of {a.repeats}; agree={a.agree}.', '',
+           f'{a.batch_size}, median of {a.repeats} alternating runs; agree={a.agree}. '
+           f'1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} '
+           'cores. "speedup" is wall-clock, "CPU speedup" the ratio of process CPU time (what '
+           'the early exit saves in compute, less disturbed by other jobs).', '',
            '| retriever | threshold | test AUC | AUC drop | mean layers | req/s | full-depth req/s '
-           '| speedup | served = simulated |', '|---|---|---|---|---|---|---|---|---|']
+           '| speedup | CPU speedup | served = simulated |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     mark = ' (valid pick)' if r['chosen_on_valid'] else ''
     timing = (f"{r['rps']:.1f} | {r['rps_full_depth']:.1f} | {r['speedup']:.2f}x | "
-              f"{r['served_layer_match']:.3f}" if 'rps' in r else '- | - | - | -')
+              f"{r['cpu_speedup']:.2f}x | {r['served_layer_match']:.3f}" if 'rps' in r
+              else '- | - | - | - | -')
     lines.append(f"| {r['retriever']} | {r['threshold']:g}{mark} | {r['auc']:.4f} | "
                  f"{r['auc_drop']:+.4f} | {r['mean_layers']:.2f} | {timing} |")
   lines += ['', '| retriever | full-depth test AUC | test AUC per head (layers 1..6) | '
@@ -223,7 +237,7 @@ def markdown(rows: list[dict], summaries: list[dict], a, latency: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main() -> None:
+def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--runs', required=True, help='comma-separated train_optirag.py workdirs')
   p.add_argument('--out', default='docs/optirag_early_exit')
@@ -239,7 +253,7 @@ def main() -> None:
   p.add_argument('--gcn_embeddings', default='', help='gcn_embeddings.npz: time the retrievers')
   p.add_argument('--lm_run', default='', help='the lm run (its lm_index.npz) for the timing')
   p.add_argument('--latency_queries', type=int, default=32)
-  a = p.parse_args()
+  a = p.parse_args(argv)
   a.thresholds = [float(t) for t in a.thresholds.split(',')]
   a.timed_thresholds = [float(t) for t in a.timed_thresholds.split(',')]
   latency = retrieval_latency(a) if a.gcn_embeddings and a.lm_run else {}
