@@ -2,6 +2,12 @@
 
 Logical axes: every table is ``('vocab', 'embed')``; the trainer's embedding regularizer and the
 sharding rules find tables by the ``'vocab'`` axis name.
+
+The lookups are ``jaxrec.embeddings.collection``'s (the unsharded embedding-bag collection: one
+table per field, ``configs_from_schema``). A sharded lookup replaces this layer's output from
+outside the model with ``jaxrec.embeddings.inject.inject_embeddings`` (the model code and its
+parameter tree stay as they are). An id outside its table gives a zero row (see
+``jaxrec.embeddings.collection``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxrec.data.schema import FeatureSchema
+from jaxrec.embeddings.collection import bag_lookup, one_hot_lookup
 
 # FuxiCTR / BARS initialise embeddings with N(0, 1e-4).
 default_embedding_init = nn.initializers.normal(stddev=1e-4)
@@ -27,8 +34,9 @@ class FieldEmbedding(nn.Module):
 
   Call:
     features: the batch dict; uses ``sparse`` ``int32 [B, S]`` and, if the schema has multi-hot
-      fields, ``multi_hot_ids`` ``int32 [B, M, L]`` and ``multi_hot_lengths`` ``int32 [B, M]`` and ``multi_hot_weights`` ``float32 [B, M, L]``
-      (bag = weighted sum of its valid rows; 'mean' pooling divides by the bag length).
+      fields, ``multi_hot_ids`` ``int32 [B, M, L]`` and ``multi_hot_lengths`` ``int32 [B, M]`` and
+      ``multi_hot_weights`` ``float32 [B, M, L]`` (bag = weighted sum of its valid rows; 'mean'
+      pooling divides by the bag length).
 
   Returns:
     ``[B, F, d]`` with ``F = schema.num_fields`` in schema order.
@@ -56,17 +64,12 @@ class FieldEmbedding(nn.Module):
     for field in self.schema.sparse:
       table = self._table(field).astype(self.dtype)
       if not field.multi_hot:
-        outs.append(jnp.take(table, sparse[:, oh], axis=0))  # [B, d]
+        outs.append(one_hot_lookup(table, sparse[:, oh]))  # [B, d]
         oh += 1
       else:
         ids = features['multi_hot_ids'][:, mh, :field.max_length]  # [B, L]
         lengths = features['multi_hot_lengths'][:, mh]  # [B]
-        weights = features['multi_hot_weights'][:, mh, :field.max_length].astype(table.dtype)
+        weights = features['multi_hot_weights'][:, mh, :field.max_length]  # [B, L]
         mh += 1
-        mask = (jnp.arange(field.max_length)[None, :] < lengths[:, None]).astype(table.dtype)
-        mask = mask * weights
-        pooled = jnp.einsum('bl,bld->bd', mask, jnp.take(table, ids, axis=0))
-        if field.pooling == 'mean':
-          pooled = pooled / jnp.maximum(lengths, 1)[:, None].astype(table.dtype)
-        outs.append(pooled)
+        outs.append(bag_lookup(table, ids, lengths, weights, field.pooling))  # [B, d]
     return jnp.stack(outs, axis=1)  # [B, F, d]

@@ -1,0 +1,193 @@
+"""Sharded embedding lookups per sharding type: lookups/s and the bytes each collective moves.
+
+    python scripts/bench_embeddings.py [--batch 2048 --tables 8 --rows 20000 --dim 32 --bag 4]
+
+For every sharding type, every table gets that type (``uniform_plan``) on a 2-host x 4-device
+mesh (8 emulated CPU devices unless real ones exist). It times the jitted forward lookup and a
+training step (forward, backward, fused row-wise Adagrad), counts the collectives of both
+compiled programs from their HLO (``jaxrec.sharding.hlo``: bytes of each result per device) and
+prints, next to them, what TorchRec's planner estimators charge for the same plan
+(``shard_estimators``: ids in int64; forward input = ids sent to the shards, forward output =
+pooled outputs sent back; TorchRec sends jagged ids, this implementation padded ``[N, S, b, L]``
+ids and weights). The table is written into docs/embeddings.md between the markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import sys
+import time
+
+if __name__ == '__main__':
+  os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.embeddings import EmbeddingBagConfig, KeyedJagged
+from jaxrec.embeddings.sparse_optim import SparseOptimizer
+from jaxrec.sharding import hlo
+from jaxrec.sharding.embedding_plan import SHARDING_TYPES, uniform_plan
+from jaxrec.sharding.embedding_shard import ShardedEmbeddingBagCollection, embedding_mesh
+
+BEGIN, END = '<!-- bench_embeddings:begin -->', '<!-- bench_embeddings:end -->'
+ID_BYTES = 8  # TorchRec's BIGINT_DTYPE
+
+
+def torchrec_estimate(kind: str, global_batch: int, world: int, local_world: int, bag: float,
+                      dim: int, num_tables: int, out_bytes: int = 4) -> tuple[float, float]:
+  """(forward input bytes, forward output bytes) per device, TorchRec's estimator formulas.
+
+  Per table (one feature of mean bag ``bag``), from ``shard_estimators._get_*_sharding_perf``:
+  TW / CW input ``B L 8``, output ``B d 4`` (CW: the shards' d add up to d); RW input
+  ``B L 8``  in all (``/ world`` per shard), output ``B d 4`` per shard (reduce-scatter);
+  TWRW input ``B L 8 / local`` per shard, output ``B d 4`` intra-host per shard plus
+  ``B d 4 local / world`` across hosts; DP no input, output = the all-reduced gradient
+  (rows x d x 4, backward). Summed over the tables' shards and divided by the devices.
+  """
+  b = global_batch
+  if kind in ('table_wise', 'column_wise', 'table_column_wise'):
+    inp, out = b * bag * ID_BYTES, b * dim * out_bytes
+    if kind != 'table_wise':
+      inp *= 2  # two column shards, each reads every id
+  elif kind == 'row_wise':
+    inp, out = b * bag * ID_BYTES, world * b * dim * out_bytes
+  elif kind in ('table_row_wise', 'grid'):
+    shards = local_world * (2 if kind == 'grid' else 1)
+    d_shard = dim / (2 if kind == 'grid' else 1)
+    inp = shards * b * bag / local_world * ID_BYTES
+    out = shards * (b * d_shard * out_bytes + b * d_shard * out_bytes * local_world / world)
+  else:  # data_parallel: forward input 0; the gradient all-reduce is charged as output
+    return 0.0, float('nan')
+  return num_tables * inp / world, num_tables * out / world
+
+
+def _collectives(compiled_text: str) -> str:
+  ops = hlo.summarize(hlo.collectives(compiled_text))
+  if not ops:
+    return '-'
+  return ', '.join(f'{k} x{int(v["count"])}: {v["result_bytes"] / 1e6:.2f} MB'
+                   for k, v in sorted(ops.items()))
+
+
+def _timeit(fn, *args, repeats=5):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def bench(kind: str, args) -> dict:
+  tables = tuple(EmbeddingBagConfig(f't{i}', args.rows, args.dim, (f'f{i}',))
+                 for i in range(args.tables))
+  plan = uniform_plan(tables, kind, args.hosts, args.per_host)
+  mesh = embedding_mesh(plan)
+  ebc = ShardedEmbeddingBagCollection(tables, plan, mesh)
+  rng = np.random.default_rng(0)
+  params = {t.name: jnp.asarray(rng.normal(size=(args.rows, args.dim)) * 0.01, jnp.float32)
+            for t in tables}
+  buffers = ebc.shard(params)
+  lengths = np.full(args.tables * args.batch, args.bag)
+  kjt = KeyedJagged.from_lengths([f'f{i}' for i in range(args.tables)],
+                                 rng.integers(0, args.rows, lengths.sum()), lengths, args.bag)
+  opt = SparseOptimizer('rowwise_adagrad', 0.01)
+  states = ebc.init_states(opt, buffers)
+
+  def step(bufs, sts, kjt):
+    ctx = ebc.gather(bufs, kjt)
+    grads = jax.grad(lambda rows: sum(jnp.sum(jnp.square(v))
+                                      for v in ebc.pool(rows, ctx).values()))(ctx['rows'])
+    return ebc.apply_row_grads(opt, bufs, sts, ctx, grads)
+
+  fwd = jax.jit(ebc.lookup).lower(buffers, kjt).compile()
+  train = jax.jit(step, donate_argnums=(0, 1)).lower(buffers, states, kjt).compile()
+  t_fwd = _timeit(fwd, buffers, kjt)
+  out = train(buffers, states, kjt)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    out = train(*out, kjt)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t0)
+  t_train = float(np.median(times))
+  lookups = args.batch * args.tables * args.bag
+  est_in, est_out = torchrec_estimate(kind, args.batch, plan.num_devices, args.per_host, args.bag,
+                                      args.dim, args.tables)
+  if kind == 'data_parallel':
+    est_out = args.tables * args.rows * args.dim * 4  # all-reduced gradient, every device
+  return {'kind': kind, 'fwd_lookups_s': lookups / t_fwd, 'train_lookups_s': lookups / t_train,
+          'fwd_collectives': _collectives(fwd.as_text()),
+          'train_collectives': _collectives(train.as_text()),
+          'est_in': est_in, 'est_out': est_out}
+
+
+def table(rows) -> str:
+  lines = ['| sharding type | fwd lookups/s | train lookups/s | forward collectives (HLO, per '
+           'device) | train-step collectives (HLO, per device) | TorchRec est. fwd input / '
+           'output per device |',
+           '|---|---:|---:|---|---|---|']
+  for r in rows:
+    est = (f'{r["est_in"] / 1e6:.2f} MB / {r["est_out"] / 1e6:.2f} MB'
+           if r['kind'] != 'data_parallel' else
+           f'0 / {r["est_out"] / 1e6:.2f} MB (grad all-reduce)')
+    lines.append(f'| {r["kind"]} | {r["fwd_lookups_s"]:.3g} | {r["train_lookups_s"]:.3g} | '
+                 f'{r["fwd_collectives"]} | {r["train_collectives"]} | {est} |')
+  return '\n'.join(lines)
+
+
+def write_docs(path: str, text: str) -> None:
+  with open(path, encoding='utf-8') as f:
+    doc = f.read()
+  if BEGIN not in doc or END not in doc:
+    raise ValueError(f'{path} lacks the markers {BEGIN} / {END}')
+  new = re.sub(re.escape(BEGIN) + '.*?' + re.escape(END), lambda _: f'{BEGIN}\n{text}\n{END}',
+               doc, flags=re.S)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(new)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--batch', type=int, default=2048, help='global batch')
+  p.add_argument('--tables', type=int, default=8)
+  p.add_argument('--rows', type=int, default=20000)
+  p.add_argument('--dim', type=int, default=32)
+  p.add_argument('--bag', type=int, default=4, help='ids per bag (every bag full)')
+  p.add_argument('--hosts', type=int, default=2)
+  p.add_argument('--per_host', type=int, default=4)
+  p.add_argument('--kinds', default=','.join(SHARDING_TYPES))
+  p.add_argument('--docs', default='docs/embeddings.md', help="'' to skip writing")
+  args = p.parse_args(argv)
+  rows = []
+  for kind in args.kinds.split(','):
+    r = bench(kind, args)
+    print(f'{kind}: {r}', flush=True)
+    rows.append(r)
+  cmd = 'python scripts/bench_embeddings.py ' + ' '.join(argv if argv is not None
+                                                         else sys.argv[1:])
+  dev = jax.devices()[0]
+  header = (f'Command: `{cmd.strip()}`  \nMachine: {platform.node() or "?"} '
+            f'({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores), '
+            f'{len(jax.devices())} x {dev.platform} devices ({dev.device_kind}), jax '
+            f'{jax.__version__}  \nDate: {datetime.date.today().isoformat()}  \n'
+            f'Batch {args.batch} (global), {args.tables} tables of {args.rows} x {args.dim}, '
+            f'{args.bag} ids per bag, {args.hosts} hosts x {args.per_host} devices.\n')
+  text = header + '\n' + table(rows)
+  print(text)
+  if args.docs:
+    write_docs(args.docs, text)
+
+
+if __name__ == '__main__':
+  main()
