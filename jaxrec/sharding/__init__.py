@@ -13,6 +13,10 @@
 * ``distributed``: ``jax.distributed`` initialisation from flags or environment variables.
 * ``hlo``: collectives (kind, dtype, bytes) counted from compiled HLO text.
 * ``trainer``: ``ShardedTrainer``, what ``jaxrec.train.loop`` runs.
+* ``embedding_plan``: embedding sharding plans (table -> type and devices; JSON, printing,
+  validation).
+* ``embedding_shard``: the seven TorchRec sharding types of an embedding-bag collection with
+  shard_map and explicit collectives (docs/embeddings.md).
 
-See docs/fsdp.md.
+See docs/fsdp.md and docs/embeddings.md.
 """
