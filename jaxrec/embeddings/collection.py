@@ -101,28 +101,36 @@ def check_ids(kjt: KeyedJagged, tables: Sequence[EmbeddingBagConfig]) -> None:
     host_check(kjt.ids, kjt.lengths)
 
 
-def pooled_lookup(params: dict, kjt: KeyedJagged,
-                  tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
-  """``{table name: [R, d]}`` -> ``{feature: [B, d]}`` for every feature of ``tables``."""
+def gather_feature_rows(params: dict, kjt: KeyedJagged,
+                        tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
+  """``{feature: [B, L, d]}``: the rows looked up for each slot (the leaves to differentiate)."""
+  return {f: gather_rows(params[t.name], kjt.ids[:, kjt.index(f)])
+          for t in tables for f in t.feature_names}
+
+
+def pool_feature_rows(rows: dict, kjt: KeyedJagged,
+                      tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
+  """``{feature: [B, d]}`` pooled from ``gather_feature_rows``."""
   out = {}
   for t in tables:
     for f in t.feature_names:
       col = kjt.index(f)
-      rows = gather_rows(params[t.name], kjt.ids[:, col])  # [B, L, d]
-      out[f] = pool(rows, effective_weights(kjt, col, t), kjt.lengths[:, col], t.pooling)
+      out[f] = pool(rows[f], effective_weights(kjt, col, t), kjt.lengths[:, col], t.pooling)
   return out
+
+
+def pooled_lookup(params: dict, kjt: KeyedJagged,
+                  tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
+  """``{table name: [R, d]}`` -> ``{feature: [B, d]}`` for every feature of ``tables``."""
+  return pool_feature_rows(gather_feature_rows(params, kjt, tables), kjt, tables)
 
 
 def sequence_lookup(params: dict, kjt: KeyedJagged,
                     tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
   """``{feature: [B, L, d]}``: each valid id's row, zeros at padding and out-of-range slots."""
-  out = {}
-  for t in tables:
-    for f in t.feature_names:
-      col = kjt.index(f)
-      rows = gather_rows(params[t.name], kjt.ids[:, col])  # [B, L, d]
-      out[f] = jnp.where(valid_slots(kjt, col, t.num_embeddings)[..., None], rows, 0)
-  return out
+  rows = gather_feature_rows(params, kjt, tables)  # {feature: [B, L, d]}
+  return {f: jnp.where(valid_slots(kjt, kjt.index(f), t.num_embeddings)[..., None], rows[f], 0)
+          for t in tables for f in t.feature_names}
 
 
 def stack_features(pooled: dict, features: Sequence[str]) -> jnp.ndarray:

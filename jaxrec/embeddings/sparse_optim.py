@@ -32,7 +32,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxrec.embeddings.collection import (effective_weights, gather_rows, pool, valid_slots)
+from jaxrec.embeddings.collection import (  # pylint: disable=unused-import (re-exported)
+    gather_feature_rows, pool_feature_rows, valid_slots)
 from jaxrec.embeddings.config import EmbeddingBagConfig
 from jaxrec.embeddings.jagged import KeyedJagged
 
@@ -136,24 +137,6 @@ class SparseOptimizer:
     if self.kind == 'adam':
       state['count'] = count
     return table, state
-
-
-def gather_feature_rows(params: dict, kjt: KeyedJagged,
-                        tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
-  """``{feature: [B, L, d]}``: the rows looked up for each slot (the leaves to differentiate)."""
-  return {f: gather_rows(params[t.name], kjt.ids[:, kjt.index(f)])
-          for t in tables for f in t.feature_names}
-
-
-def pool_feature_rows(rows: dict, kjt: KeyedJagged,
-                      tables: Sequence[EmbeddingBagConfig]) -> dict[str, jnp.ndarray]:
-  """``{feature: [B, d]}`` pooled from ``gather_feature_rows`` (equals ``pooled_lookup``)."""
-  out = {}
-  for t in tables:
-    for f in t.feature_names:
-      col = kjt.index(f)
-      out[f] = pool(rows[f], effective_weights(kjt, col, t), kjt.lengths[:, col], t.pooling)
-  return out
 
 
 def init_states(opt: SparseOptimizer, params: dict,

@@ -124,7 +124,8 @@ class Wukong(nn.Module):
     for i in range(self.num_layers):
       x = WukongLayer(self.num_fm_embeddings, self.num_lcb_embeddings, self.fm_rank,
                       tuple(self.fmb_mlp_units), self.fm_projection, self.activation,
-                      self.fmb_dropout_rate, self.layer_norm, name=f'layer_{i}')(x, train)  # [B, nF + nL, d]
+                      self.fmb_dropout_rate, self.layer_norm,
+                      name=f'layer_{i}')(x, train)  # [B, nF + nL, d]
     top = MLP(tuple(self.top_mlp_units), self.activation, self.dropout_rate, self.batch_norm,
               output_dim=1, name='top_mlp')
     return top(x.reshape(x.shape[0], -1), train)[:, 0].astype(jnp.float32)
