@@ -96,9 +96,11 @@ def choose_on_valid(margins: np.ndarray, labels: np.ndarray, thresholds, agree: 
   return min(ok, key=lambda r: (r['mean_layers'], -r['auc']))['threshold']
 
 
-def study_run(workdir: str, a) -> tuple[list[dict], dict]:
+def study_run(workdir: str, a, label: str = '') -> tuple[list[dict], dict]:
+  """Rows (one per threshold) and a summary of one run, named ``label`` (default: its
+  retriever)."""
   results, z, config, params = load_run(workdir)
-  name = results['retriever']
+  name = label or results['retriever']
   L = config.num_layers
   rows = []
   test_m, test_y = z['test_margins'], z['test_label']
@@ -240,6 +242,8 @@ def markdown(rows: list[dict], summaries: list[dict], a, latency: dict) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--runs', required=True, help='comma-separated train_optirag.py workdirs')
+  p.add_argument('--labels', default='',
+                 help='comma-separated names of the runs in the tables (default: retriever)')
   p.add_argument('--out', default='docs/optirag_early_exit')
   p.add_argument('--thresholds', default=','.join(f'{t:g}' for t in THRESHOLDS))
   p.add_argument('--timed_thresholds', default='0.5,1,1.5,2,3,inf',
@@ -257,9 +261,13 @@ def main(argv=None) -> None:
   a.thresholds = [float(t) for t in a.thresholds.split(',')]
   a.timed_thresholds = [float(t) for t in a.timed_thresholds.split(',')]
   latency = retrieval_latency(a) if a.gcn_embeddings and a.lm_run else {}
+  runs = a.runs.split(',')
+  labels = a.labels.split(',') if a.labels else [''] * len(runs)
+  if len(labels) != len(runs):
+    raise ValueError(f'--labels: {len(labels)} labels for {len(runs)} --runs')
   rows, summaries = [], []
-  for wd in a.runs.split(','):
-    r, s = study_run(wd, a)
+  for wd, label in zip(runs, labels):
+    r, s = study_run(wd, a, label)
     rows += r
     summaries.append(s)
   os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)

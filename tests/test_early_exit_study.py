@@ -8,6 +8,7 @@ import os
 import runpy
 
 import jax
+import pytest
 import numpy as np
 from flax import serialization
 
@@ -81,3 +82,18 @@ def test_study_writes_sweep_timings_plot_and_summary(tmp_path):
   assert '| r0 | 1 |' in text and 'CPU speedup' in text
   summary = json.load(open(out + '_summary.json', encoding='utf-8'))
   assert [s['retriever'] for s in summary['runs']] == ['r0']
+
+
+def test_labels_name_the_runs_and_must_match_them(tmp_path):
+  """Two runs of the same retriever are told apart by ``--labels``; a count mismatch is named."""
+  runs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  for s, r in enumerate(runs):
+    _fake_run(r, s)
+  out = str(tmp_path / 'study')
+  args = ['--runs', ','.join(runs), '--out', out, '--thresholds', '0,inf', '--timed_thresholds',
+          'inf', '--rows', '8', '--batch_size', '8', '--repeats', '1']
+  with pytest.raises(ValueError, match='--labels: 1 labels for 2 --runs'):
+    STUDY['main'](args + ['--labels', 'x'])
+  STUDY['main'](args + ['--labels', 'k0,k2'])
+  summary = json.load(open(out + '_summary.json', encoding='utf-8'))
+  assert [s['retriever'] for s in summary['runs']] == ['k0', 'k2']

