@@ -41,16 +41,15 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import flax.linen as nn
-import jax
 import numpy as np
 import torch
 from flax import traverse_util
 
 from jaxrec.compat.dlrm_dcn import DLRMDCN
+from jaxrec.compat.params_check import check_shapes, expected_shapes
+from jaxrec.compat.params_check import example_batch  # noqa: F401  (part of this module's API)
 from jaxrec.data.schema import FeatureSchema
 from jaxrec.layers.mlp import get_activation
 from jaxrec.models.dlrm import DLRM
@@ -249,23 +248,6 @@ def plain_torch_like(jax_model: JaxModel) -> PlainModel:
 # Parameters.
 
 
-def example_batch(schema: FeatureSchema, rows: int = 1) -> dict[str, np.ndarray]:
-  """An all-zeros batch of ``schema`` (for ``init`` / ``eval_shape``)."""
-  m, length = schema.num_multi_hot, schema.max_multi_hot_length
-  return {'sparse': np.zeros((rows, schema.num_sparse), np.int32),
-          'dense': np.zeros((rows, schema.num_dense), np.float32),
-          'multi_hot_ids': np.zeros((rows, m, length), np.int32),
-          'multi_hot_lengths': np.zeros((rows, m), np.int32),
-          'multi_hot_weights': np.ones((rows, m, length), np.float32)}
-
-
-def _expected_shapes(jax_model: JaxModel) -> dict[tuple[str, ...], tuple[int, ...]]:
-  shapes = jax.eval_shape(functools.partial(jax_model.init, train=False), jax.random.key(0),
-                          example_batch(jax_model.schema))
-  flat = traverse_util.flatten_dict(nn.unbox(shapes)['params'])
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
 def _linears(seq: Optional[torch.nn.Sequential]) -> list[torch.nn.Linear]:
   return [] if seq is None else [m for m in seq if isinstance(m, torch.nn.Linear)]
 
@@ -307,17 +289,6 @@ def _check_pair(torch_model: PlainModel, jax_model: JaxModel) -> None:
                      f'{[f.name for f in jax_model.schema.sparse]}')
 
 
-def _check_shapes(flat: Mapping, expected: Mapping, name: str) -> None:
-  missing = sorted('/'.join(k) for k in set(expected) - set(flat))
-  extra = sorted('/'.join(k) for k in set(flat) - set(expected))
-  if missing or extra:
-    raise ValueError(f'{name}: parameters missing {missing}, unexpected {extra}')
-  for k, shape in expected.items():
-    if tuple(flat[k].shape) != shape:
-      raise ValueError(f'{name}: parameter {"/".join(k)} has shape {tuple(flat[k].shape)}, the '
-                       f'jaxrec model expects {shape}')
-
-
 def params_from_plain_torch(torch_model: PlainModel, jax_model: JaxModel) -> PyTree:
   """jaxrec parameters equal to ``torch_model``'s weights (float32 numpy arrays, on the host).
 
@@ -329,7 +300,7 @@ def params_from_plain_torch(torch_model: PlainModel, jax_model: JaxModel) -> PyT
   for tensor, path, transposed in _tensor_map(torch_model, jax_model):
     value = tensor.detach().cpu().numpy().astype(np.float32)
     flat[path] = np.ascontiguousarray(value.T) if transposed else value
-  _check_shapes(flat, _expected_shapes(jax_model), type(jax_model).__name__)
+  check_shapes(flat, expected_shapes(jax_model), type(jax_model).__name__)
   return traverse_util.unflatten_dict(flat)
 
 
@@ -341,7 +312,7 @@ def params_to_plain_torch(params: PyTree, jax_model: JaxModel, torch_model: Plai
   """
   _check_pair(torch_model, jax_model)
   flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
-  _check_shapes(flat, _expected_shapes(jax_model), type(jax_model).__name__)
+  check_shapes(flat, expected_shapes(jax_model), type(jax_model).__name__)
   with torch.no_grad():
     for tensor, path, transposed in _tensor_map(torch_model, jax_model):
       value = flat[path].T if transposed else flat[path]

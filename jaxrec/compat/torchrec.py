@@ -38,11 +38,8 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import flax.linen as nn
-import jax
 import numpy as np
 import torch
 from flax import traverse_util
@@ -53,6 +50,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from jaxrec.compat.dlrm_dcn import DLRMDCN
+from jaxrec.compat.params_check import check_shapes, expected_shapes
+from jaxrec.compat.params_check import example_batch  # noqa: F401  (part of this module's API)
 from jaxrec.data.schema import FeatureSchema, SparseField
 from jaxrec.layers.interactions import pair_indices
 from jaxrec.layers.mlp import get_activation
@@ -182,16 +181,6 @@ def torch_train_step(torch_model: TorchModel, optimizer: torch.optim.Optimizer,
 # Building one side from the other.
 
 
-def example_batch(schema: FeatureSchema, rows: int = 1) -> dict[str, np.ndarray]:
-  """An all-zeros batch of ``schema`` (for ``init`` / ``eval_shape``)."""
-  m, length = schema.num_multi_hot, schema.max_multi_hot_length
-  return {'sparse': np.zeros((rows, len(schema.one_hot_fields)), np.int32),
-          'dense': np.zeros((rows, schema.num_dense), np.float32),
-          'multi_hot_ids': np.zeros((rows, m, length), np.int32),
-          'multi_hot_lengths': np.zeros((rows, m), np.int32),
-          'multi_hot_weights': np.ones((rows, m, length), np.float32)}
-
-
 def _mlp_sizes(torch_model: TorchModel) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
   """(embedding dim, bottom hidden sizes, over-arch hidden sizes), checking the output is 1."""
   dense = [lin.out_features for lin in _linears(torch_model.dense_arch.model)]
@@ -309,13 +298,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
   return t.detach().cpu().numpy().astype(np.float32)
 
 
-def _expected_shapes(jax_model: JaxModel) -> dict[tuple[str, ...], tuple[int, ...]]:
-  shapes = jax.eval_shape(functools.partial(jax_model.init, train=False),
-                          jax.random.key(0), example_batch(jax_model.schema))
-  flat = traverse_util.flatten_dict(nn.unbox(shapes)['params'])
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
 def _linear_map(torch_model: TorchModel, jax_model: JaxModel
                 ) -> list[tuple[torch.nn.Linear, tuple[str, ...]]]:
   """(torch Linear, jaxrec layer path) for every MLP layer."""
@@ -353,7 +335,7 @@ def params_from_torchrec(torch_model: TorchModel, jax_model: JaxModel) -> PyTree
     ValueError / TypeError: the two architectures differ (the message names the parameter).
   """
   _check_pair(torch_model, jax_model)
-  expected = _expected_shapes(jax_model)
+  expected = expected_shapes(jax_model)
   perm = _input_permutation(torch_model, jax_model)
   first_over = _linear_map(torch_model, jax_model)[len(_linears(torch_model.dense_arch.model))][1]
   flat = {}
@@ -377,26 +359,15 @@ def params_from_torchrec(torch_model: TorchModel, jax_model: JaxModel) -> PyTree
       b[perm] = _np(cross.bias[i])
       base = ('crossnet', f'cross_{i}')
       flat.update({base + ('V',): v, base + ('U',): u, base + ('bias',): b})
-  _check_shapes(flat, expected, type(jax_model).__name__)
+  check_shapes(flat, expected, type(jax_model).__name__)
   return traverse_util.unflatten_dict(flat)
-
-
-def _check_shapes(flat: dict, expected: dict, name: str) -> None:
-  missing = sorted('/'.join(k) for k in set(expected) - set(flat))
-  extra = sorted('/'.join(k) for k in set(flat) - set(expected))
-  if missing or extra:
-    raise ValueError(f'{name}: parameters missing {missing}, unexpected {extra}')
-  for k, shape in expected.items():
-    if tuple(flat[k].shape) != shape:
-      raise ValueError(f'{name}: parameter {"/".join(k)} has shape {tuple(flat[k].shape)}, the '
-                       f'jaxrec model expects {shape}')
 
 
 def params_to_torchrec(params: PyTree, jax_model: JaxModel, torch_model: TorchModel) -> None:
   """Copies jaxrec ``params`` into ``torch_model``'s weights in place (the inverse map)."""
   _check_pair(torch_model, jax_model)
   flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
-  _check_shapes(flat, _expected_shapes(jax_model), type(jax_model).__name__)
+  check_shapes(flat, expected_shapes(jax_model), type(jax_model).__name__)
   perm = _input_permutation(torch_model, jax_model)
   first_over = _linear_map(torch_model, jax_model)[len(_linears(torch_model.dense_arch.model))][1]
 
