@@ -24,6 +24,28 @@ def _loss(pooled: dict) -> jnp.ndarray:
   return sum(jnp.sum(jnp.sin(v) * (i + 1)) for i, (_, v) in enumerate(sorted(pooled.items())))
 
 
+UNIT_ROUNDOFF = 2.0**-24  # float32
+
+
+def assert_loss_matches_outputs(loss, pooled: dict, what: str):
+  """The float32 ``_loss`` of the outputs against the same sum taken in float64.
+
+  The loss is a sum of n terms ``(i + 1) * sin(v)`` whose reduction order XLA chooses (and which
+  differs between the sharded and the unsharded program). Summed in float32 in any order, the
+  error is at most ``(n - 1) * u * sum|x|`` (Higham, Accuracy and Stability of Numerical
+  Algorithms, eq. 4.4; u = 2**-24), and each term itself carries a few units of roundoff (``sin``
+  within 2 ulp, the product 1 ulp, so 4u with margin). Hence ``|loss - exact| <= (n + 3) u sum|x|``.
+  The outputs themselves are compared element by element elsewhere.
+  """
+  terms = [np.sin(np.asarray(v, np.float64)) * (i + 1)
+           for i, (_, v) in enumerate(sorted(pooled.items()))]
+  exact = sum(float(t.sum()) for t in terms)
+  n = sum(t.size for t in terms)
+  bound = (n + 3) * UNIT_ROUNDOFF * sum(float(np.abs(t).sum()) for t in terms)
+  err = abs(float(loss) - exact)
+  assert err <= bound, f'{what}: |loss - exact| = {err:.3g} > bound {bound:.3g} ({n} terms)'
+
+
 def _check_lookup_and_grads(tables, plan, seed, out_of_range=False, sequences=False):
   rng = np.random.default_rng(seed)
   kjt = random_batch(rng, tables, B, L, out_of_range)
@@ -54,7 +76,8 @@ def _check_lookup_and_grads(tables, plan, seed, out_of_range=False, sequences=Fa
   grads = ebc.unshard(grads)
   for name in params:
     assert_close_rel(grads[name], ref_grads[name], 1e-6, f'grad of {name}')
-  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  assert_loss_matches_outputs(loss, out, 'sharded loss')
+  assert_loss_matches_outputs(ref_loss, ref, 'unsharded loss')
 
 
 def test_all_types_forward_and_gradients():
@@ -151,7 +174,10 @@ def random_plans(draw):
   return tuple(tables), EmbeddingPlan(specs, NUM_HOSTS, PER_HOST)
 
 
-@settings(max_examples=2, deadline=None, derandomize=True)
+# derandomize: the drawn examples are fixed for the hypothesis version pinned in constraints.txt.
+# Each example compiles two programs (about 3 s on 2 cores); 12 examples cover every type a few
+# times over within the suite's budget.
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(random_plans(), st.integers(0, 2**31 - 1))
 def test_random_plans_match_unsharded(plan_and_tables, seed):
   tables, plan = plan_and_tables
