@@ -61,7 +61,9 @@ class SparseOptimizer:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f'sparse optimizer kind must be one of {KINDS}, got {self.kind!r}')
-    if self.learning_rate <= 0:
+    # A traced learning rate (the trainer decays it on plateau inside the jitted step) is not
+    # checked here; the trainer checks the configured value.
+    if isinstance(self.learning_rate, (int, float)) and self.learning_rate <= 0:
       raise ValueError(f'sparse optimizer {self.kind!r}: learning_rate must be > 0, got '
                        f'{self.learning_rate}')
 

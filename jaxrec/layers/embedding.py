@@ -4,10 +4,13 @@ Logical axes: every table is ``('vocab', 'embed')``; the trainer's embedding reg
 sharding rules find tables by the ``'vocab'`` axis name.
 
 The lookups are ``jaxrec.embeddings.collection``'s (the unsharded embedding-bag collection: one
-table per field, ``configs_from_schema``). A sharded lookup replaces this layer's output from
-outside the model with ``jaxrec.embeddings.inject.inject_embeddings`` (the model code and its
-parameter tree stay as they are). An id outside its table gives a zero row (see
+table per field, ``configs_from_schema``). An id outside its table gives a zero row (see
 ``jaxrec.embeddings.collection``).
+
+Tables looked up elsewhere (sharded over devices, ``jaxrec.train.table_trainer``): when the
+variables hold ``{EMBEDDED: {'pooled': [B, F, d]}}`` at this layer's path, the layer returns that
+array and creates no tables. Each ``FieldEmbedding`` of a model (e.g. FM's first-order weights and
+its second-order embeddings) has its own path, so each gets its own lookup.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from jaxrec.embeddings.collection import bag_lookup, one_hot_lookup
 
 # FuxiCTR / BARS initialise embeddings with N(0, 1e-4).
 default_embedding_init = nn.initializers.normal(stddev=1e-4)
+
+EMBEDDED = 'embedded'  # variable collection of lookups computed outside the model
 
 
 class FieldEmbedding(nn.Module):
@@ -58,6 +63,8 @@ class FieldEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, features) -> jnp.ndarray:
+    if self.has_variable(EMBEDDED, 'pooled'):
+      return self.get_variable(EMBEDDED, 'pooled').astype(self.dtype)  # [B, F, d]
     outs = []
     sparse = features['sparse']
     oh, mh = 0, 0

@@ -24,12 +24,15 @@ class TrainState:
     batch_stats: BatchNorm running statistics ({} when the model has none).
     opt_state: optax state; the learning rate lives in ``opt_state.hyperparams``.
     rng: base PRNG key (uint32[2]); step ``s`` uses ``fold_in(rng, s)`` for dropout.
+    table_opt_state: state of the fused sparse optimizer of sharded embedding tables
+      (``jaxrec.train.table_trainer``); None when the tables train with optax.
   """
   step: jnp.ndarray
   params: PyTree
   batch_stats: PyTree
   opt_state: PyTree
   rng: jnp.ndarray
+  table_opt_state: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,202 @@
+"""Sharded embedding tables in the one trainer: the unsharded trajectory on 8 emulated devices."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrec.data.schema import FeatureSchema, SparseField
+from jaxrec.embeddings.sparse_optim import SparseOptimizer
+from jaxrec.models import build_model
+from jaxrec.sharding.embedding_plan import SHARDING_TYPES
+from jaxrec.train import state as state_lib
+from jaxrec.train.table_trainer import EmbeddingConfigError, TableShardedTrainer, resolve_plan
+from tests.embeddings.common import assert_close_rel
+from tests.models.tiny import make_batch
+
+# Vocabularies larger and smaller than the 8 devices; one-hot and multi-hot (mean and sum).
+SCHEMA = FeatureSchema(
+    (SparseField('user', 23), SparseField('tags', 17, max_length=3, pooling='mean'),
+     SparseField('item', 31), SparseField('ctx', 5, max_length=2, pooling='sum')),
+    dense=('age', 'price'))
+D = 4
+B = 32  # 4 rows per device
+STEPS = 20
+RTOL = 1e-5
+SMALL = {
+    'lr': {},
+    'fm': {},
+    'deepfm': dict(hidden_units=(8, 8)),
+    'dlrm': dict(top_mlp_units=(8, 8), bottom_mlp_units=(8,), activation='tanh'),
+    'dcnv2': dict(num_cross_layers=2, parallel_dnn_hidden_units=(8, 8)),
+    'wukong': dict(num_layers=2, num_fm_embeddings=2, num_lcb_embeddings=3, fm_rank=2,
+                   fmb_mlp_units=(6,), top_mlp_units=(8, 8), num_dense_embeddings=2,
+                   dense_mlp_units=(5,), activation='tanh'),
+    'dhen': dict(layers=(('dot', 'cross', 'linear'), ('dot', 'linear')), num_embeddings=3,
+                 num_heads=2, ffn_units=6, conv_channels=2, top_mlp_units=(8, 8),
+                 num_dense_embeddings=2, dense_mlp_units=(5,), activation='tanh'),
+}
+# Every model and every sharding type at least once (7 x 7 paired by rotation).
+PAIRS = list(zip(sorted(SMALL), SHARDING_TYPES))
+OPTIM = state_lib.OptimConfig(learning_rate=0.05, max_grad_norm=1.0, embedding_regularizer=1e-3,
+                              net_regularizer=1e-4)
+
+
+def _batches(n=STEPS, seed=0):
+  out = []
+  for i in range(n):
+    b = make_batch(SCHEMA, rows=B, seed=seed + i)
+    b['weight'][::7] = 0.0  # padding rows
+    out.append(b)
+  return out
+
+
+def _unsharded_losses(model, batches, optim=OPTIM, tx=None):
+  tx = tx or state_lib.make_optimizer(optim)
+  state, mask = state_lib.create_train_state(model, batches[0], tx, seed=3)
+  step = jax.jit(state_lib.make_train_step(model, tx, mask, optim))
+  losses = []
+  for b in batches:
+    state, m = step(state, b)
+    losses.append(float(m['loss']))
+  return np.array(losses), state
+
+
+def _sharded(model, plan, optimizer='dense', optim=OPTIM, **kw):
+  tx = state_lib.make_optimizer(optim)
+  return TableShardedTrainer(model, SCHEMA, tx, optim, _batches(1)[0], plan, optimizer=optimizer,
+                             hosts=2, seed=3, **kw)
+
+
+def _losses(trainer, batches, state=None):
+  if state is None:
+    state, _ = trainer.init_state()
+  losses = []
+  for b in batches:
+    state, m = trainer.train_step(state, b)
+    losses.append(float(m['loss']))
+  return np.array(losses), state
+
+
+@pytest.mark.parametrize('name,kind', PAIRS)
+def test_sharded_tables_give_the_unsharded_trajectory(name, kind):
+  model = build_model(name, SCHEMA, embedding_dim=D, **SMALL[name])
+  batches = _batches()
+  ref, ref_state = _unsharded_losses(model, batches)
+  trainer = _sharded(model, kind)
+  got, state = _losses(trainer, batches)
+  np.testing.assert_allclose(got, ref, rtol=RTOL)
+  merged = trainer.merge_params(jax.device_get(state.params))
+  # Parameters after 20 Adam steps: Adam divides by sqrt(nu), so float32 reduction-order noise in
+  # a near-zero gradient moves a weight by up to ~lr * 1e-4; compared relative to each array's
+  # scale (max |w|, at least 1).
+  jax.tree.map(lambda a, b: assert_close_rel(a, b, 1e-4), merged, jax.device_get(ref_state.params))
+  # Evaluation of the trained state equals the unsharded model's logits.
+  logits = trainer.eval_step(state, batches[0])
+  ref_logits = model.apply({'params': ref_state.params}, state_lib.features(batches[0]),
+                           train=False)
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-6)
+
+
+def test_fm_first_order_weights_are_their_own_tables():
+  model = build_model('fm', SCHEMA, embedding_dim=D)
+  trainer = _sharded(model, 'row_wise')
+  names = sorted(t.config.name for t in trainer.tables)
+  assert names == sorted([f'embedding/{f}' for f in ('user', 'tags', 'item', 'ctx')]
+                         + [f'linear/embedding/{f}' for f in ('user', 'tags', 'item', 'ctx')])
+  dims = {t.config.name: t.config.embedding_dim for t in trainer.tables}
+  assert dims['linear/embedding/user'] == 1 and dims['embedding/user'] == D
+
+
+# Row-wise Adagrad keeps one accumulator per row of each column shard (as fbgemm), so its
+# reference equals the unsharded optimizer only on plans that do not split columns.
+@pytest.mark.parametrize('kind,plan', [('rowwise_adagrad', 'table_row_wise'), ('adam', 'grid')])
+def test_sparse_optimizer_in_the_train_step_matches_reference(kind, plan):
+  # Dense part: optax Adam without clipping; tables: the sparse optimizer on the touched rows
+  # (reference: the unsharded model with optax applied to the dense params and the sparse
+  # optimizer to the full tables' rows via jaxrec.embeddings.sparse_optim).
+  optim = state_lib.OptimConfig(learning_rate=0.05, max_grad_norm=0.0)
+  model = build_model('dlrm', SCHEMA, embedding_dim=D, **SMALL['dlrm'])
+  batches = _batches(5)
+  trainer = _sharded(model, plan, optimizer=kind, optim=optim, table_learning_rate=0.1)
+  got, state = _losses(trainer, batches)
+
+  from jaxrec.embeddings.collection import gather_feature_rows, pool_feature_rows
+  from jaxrec.embeddings.sparse_optim import apply_row_grads, init_states
+  tables = [t.config for t in trainer.tables]
+  opt = SparseOptimizer(kind, 0.1)
+  tx = state_lib.make_optimizer(optim)
+  state0, _ = state_lib.create_train_state(model, batches[0], tx, seed=3)
+  split = trainer._split(state0.params)  # pylint: disable=protected-access
+  params = split['model']
+  tparams = trainer.ebc.unshard(split['tables'])
+  tstates = init_states(opt, tparams, tables)
+  opt_state = tx.init(params)
+  ref = []
+  for b in batches:
+    feats = state_lib.features(b)
+    kjt = trainer._kjt(feats)  # pylint: disable=protected-access
+
+    def loss_fn(p, rows, feats=feats, kjt=kjt, b=b):
+      pooled = pool_feature_rows(rows, kjt, tables)
+      logits = trainer._apply({'model': p}, {}, feats, pooled, False)  # pylint: disable=protected-access
+      return state_lib.weighted_bce(logits, b['label'], b['weight'])
+
+    rows = gather_feature_rows(tparams, kjt, tables)
+    loss, (gp, gr) = jax.value_and_grad(loss_fn, (0, 1))(params, rows)
+    upd, opt_state = tx.update(gp, opt_state, params)
+    params = optax.apply_updates(params, upd)
+    tparams, tstates = apply_row_grads(opt, tparams, tstates, kjt, tables, gr)
+    ref.append(float(loss))
+  np.testing.assert_allclose(got, ref, rtol=RTOL)
+  got_tables = trainer.ebc.unshard(state.params['tables'])
+  for name, v in tparams.items():
+    np.testing.assert_allclose(got_tables[name], v, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_resolve_plan_falls_back_and_balances():
+  model = build_model('fm', SCHEMA, embedding_dim=D)
+  trainer = _sharded(model, 'column_wise')
+  plan = trainer.plan
+  for t in trainer.tables:  # the 1-wide first-order tables cannot split their columns
+    kind = plan.tables[t.config.name].sharding_type
+    assert kind == ('table_wise' if t.config.embedding_dim == 1 else 'column_wise'), t
+  assert 'device 0' in trainer.describe(B)
+  # Whole tables go to the least loaded device: DLRM's 4 tables on 4 different devices, and a
+  # 9th..12th table would fill the emptiest devices first.
+  dlrm = _sharded(build_model('dlrm', SCHEMA, embedding_dim=D, **SMALL['dlrm']), 'table_wise')
+  devices = [dlrm.plan.tables[t.config.name].devices[0] for t in dlrm.tables]
+  assert len(set(devices)) == 4
+
+
+def test_plan_file_and_bad_input(tmp_path):
+  model = build_model('dlrm', SCHEMA, embedding_dim=D, **SMALL['dlrm'])
+  tables = [t.config for t in _sharded(model, 'table_wise').tables]
+  plan = resolve_plan('row_wise', tables, 2, 4)
+  path = tmp_path / 'plan.json'
+  path.write_text(plan.to_json())
+  assert _sharded(model, str(path)).plan == plan
+  bad = plan.to_dict()
+  bad['tables']['nope'] = {'type': 'row_wise'}
+  path.write_text(json.dumps(bad))
+  with pytest.raises(EmbeddingConfigError, match="tables that do not exist: \\['nope'\\]"):
+    _sharded(model, str(path))
+  with pytest.raises(EmbeddingConfigError, match="unknown value 'diagonal'"):
+    _sharded(model, 'diagonal')
+  with pytest.raises(EmbeddingConfigError, match='device .* over its memory cap'):
+    _sharded(model, 'data_parallel', memory_cap_bytes=1000)
+  with pytest.raises(EmbeddingConfigError, match='config.embedding.optimizer'):
+    _sharded(model, 'row_wise', optimizer='lamb')
+  with pytest.raises(EmbeddingConfigError, match='embedding_regularizer'):
+    _sharded(model, 'row_wise', optimizer='adam')  # OPTIM has an embedding regularizer
+  trainer = _sharded(model, 'row_wise', id_check='error')
+  state, _ = trainer.init_state()
+  batch = _batches(1)[0]
+  batch['sparse'][3, 0] = 23  # user has 23 rows
+  with pytest.raises(ValueError, match="table 'embedding/user'.*sample 3 has id 23"):
+    trainer.train_step(state, batch)
+  with pytest.raises(EmbeddingConfigError, match='batch_size=12 does not split over the 8'):
+    trainer.check_batch_size(12)
