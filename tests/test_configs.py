@@ -11,6 +11,7 @@ from jaxrec.data import synthetic
 from jaxrec.data.dataset import ArrayDataset
 from jaxrec.data.frappe import FIELD_NAMES, FIELD_SIZES
 from jaxrec.data.schema import one_hot_schema
+from jaxrec.train.config import chosen_dataset_options
 from jaxrec.train.loop import check_config, make_model
 from tests.conftest import REPO_ROOT
 
@@ -21,8 +22,8 @@ def _schema(config):
   if config.dataset == 'frappe':
     return one_hot_schema(FIELD_NAMES, FIELD_SIZES)
   if config.dataset == 'synthetic':
-    options = {k: v for k, v in dict(config.dataset_options).items()
-               if not k.startswith('num_') or k in ('num_sparse', 'num_dense', 'num_multi_hot')}
+    options = {k: v for k, v in chosen_dataset_options(config).items()
+               if k not in ('num_train', 'num_valid', 'num_test')}
     return synthetic.SyntheticConfig(**options).schema()
   pytest.skip(f'no schema fixture for dataset {config.dataset!r}')
 

@@ -2,7 +2,8 @@
 
 Every reader reports bad input as a :class:`DataFormatError` naming the file and the 1-based line
 (``"frappe.train.libfm:17: field 'weekday': ..."``); a missing file is a ``FileNotFoundError``
-naming the path (and, for a data directory, the file names expected there).
+naming the path (and, for a data directory, the file names expected there). Both are
+:class:`jaxrec.errors.UserError` s, which the scripts print without a traceback.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
+from jaxrec.errors import UserError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(UserError, ValueError):
   """Malformed dataset file content.
 
   Attributes:
@@ -31,24 +34,29 @@ class DataFormatError(ValueError):
     return (type(self), (self.path, self.line, self.message))
 
 
+class DataFileNotFoundError(UserError, FileNotFoundError):
+  """A dataset file or directory that is not there (the message names it)."""
+
+
 def require_file(path: str) -> str:
   """Returns ``path`` if it is a file; raises FileNotFoundError naming it otherwise."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'dataset file {path!r} not found')
+    raise DataFileNotFoundError(f'dataset file {path!r} not found')
   return path
 
 
 def require_dir_files(data_dir: str, names: Iterable[str], dataset: str) -> list[str]:
   """The paths of ``names`` in ``data_dir``; FileNotFoundError listing them if one is missing."""
   if data_dir is None:
-    raise ValueError(f'{dataset}: data_dir is required (the folder holding {sorted(names)})')
+    raise DataFileNotFoundError(f'{dataset}: data_dir is required (the folder holding '
+                                f'{sorted(names)})')
   names = list(names)
   paths = [os.path.join(data_dir, n) for n in names]
   missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(f'{dataset}: {missing} not found in data_dir {os.fspath(data_dir)!r} '
-                            f'(expected files: {names})')
+    raise DataFileNotFoundError(f'{dataset}: {missing} not found in data_dir '
+                                f'{os.fspath(data_dir)!r} (expected files: {names})')
   return paths
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxrec.data import libfm
 from jaxrec.data.dataset import ArrayDataset
-from jaxrec.data.errors import DataFormatError
+from jaxrec.data.errors import DataFileNotFoundError, DataFormatError
 from jaxrec.data.schema import FeatureSchema
 from jaxrec.data.tabular import (STATE_VERSION, LoadedDataset, RawRows, categorical_schema,
                                  check_state, encode, fit_vocabularies, parse_binary_labels,
@@ -68,9 +68,9 @@ def load(data_dir: str, layout: str = 'auto', min_count: int = 1) -> LoadedDatas
   paths = {k: os.path.join(data_dir, f) for k, f in files.items()}
   missing = [files[k] for k in ('train', 'valid') if not os.path.isfile(paths[k])]
   if missing:
-    raise FileNotFoundError(f'frappe ({layout} layout): {missing} not found in {data_dir!r} '
-                            f'(expected {files["train"]}, {files["valid"]}, '
-                            f'optional {files["test"]})')
+    raise DataFileNotFoundError(f'frappe ({layout} layout): {missing} not found in {data_dir!r} '
+                                f'(expected {files["train"]}, {files["valid"]}, '
+                                f'optional {files["test"]})')
   paths = {k: p for k, p in paths.items() if os.path.isfile(p)}
   if layout == 'libfm':
     state = {'dataset': NAME, 'version': STATE_VERSION, 'layout': 'libfm'}
@@ -107,7 +107,7 @@ def _pick_layout(data_dir: Optional[str], layout: str) -> str:
   for name, files in LAYOUTS.items():
     if os.path.isfile(os.path.join(data_dir, files['train'])):
       return name
-  raise FileNotFoundError(
+  raise DataFileNotFoundError(
       f'frappe: no Frappe_x1 files in {data_dir!r}: expected {list(LIBFM_FILES.values())[:2]} '
       f'(libfm layout, optional {LIBFM_FILES["test"]}) or {list(CSV_FILES.values())[:2]} '
       f'(BARS csv layout, optional {CSV_FILES["test"]}); download from {DOWNLOAD_URLS}')

@@ -54,10 +54,13 @@ def read_libfm(path: str, field_names: Sequence[str], field_sizes: Sequence[int]
   text = read_text(path)
   lines = data_lines(path, text)
   try:
-    label, index = _parse_fast(lines, len(field_names))
+    fast = _parse_fast(lines, len(field_names))
   except _NotCanonical:
+    fast = None  # parsed below, outside the handler, so errors do not chain _NotCanonical
+  if fast is None:
     label, index = _parse_slow(path, lines, field_names, offsets, sizes)
   else:
+    label, index = fast
     _check_fast(path, lines, label, index, field_names, offsets, sizes)
   schema = one_hot_schema(field_names, field_sizes)
   labels = np.where(label == 1, 1.0, 0.0).astype(np.float32)

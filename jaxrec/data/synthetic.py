@@ -22,8 +22,9 @@ keep gaining where simple ones flatten:
     and ``bias`` makes the mean click probability equal ``positive_rate``;
   * ``P(click) = flip + (1 - 2 flip) * E[sigmoid(logit + logit_noise_std * N(0, 1))]``
     (Gauss-Hermite quadrature), and ``label = uniform < P(click)``;
-    :meth:`SyntheticSource.teacher_probability` gives this exact probability, so studies can report
-    the Bayes-optimal logloss / AUC.
+    :meth:`SyntheticSource.teacher_probability` gives this exact probability and
+    :meth:`SyntheticSource.teacher_logit` its log-odds, so studies and the training loop report
+    the Bayes-optimal logloss / AUC beside a model's.
 
 Rows are generated in chunks of ``chunk_size``; chunk ``c`` of a split is a pure function of
 ``(config, split, c)`` (never of ``num_rows``: a shorter split is a prefix of a longer one), so
@@ -57,6 +58,7 @@ _CALIBRATION_SPLIT = len(SPLITS)
 _TEACHER, _TABLE, _CHUNK, _ORDER, _WITHIN = 0, 1, 2, 3, 4
 _COMPONENTS = ('order1', 'dense', 'order2', 'order3', 'order4')
 _GAUSS_HERMITE_POINTS = 32
+_PROBABILITY_EPS = 1e-12  # clip of the true probability in teacher_logit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,6 +552,16 @@ class SyntheticSource:
   def teacher_probability(self, batch: Batch) -> np.ndarray:
     """``float64 [batch]`` the true click probability of each row (also of padding rows)."""
     return self.teacher.probability(batch)
+
+  def teacher_logit(self, batch: Batch) -> np.ndarray:
+    """``float64 [batch]`` the log-odds of the true click probability: the Bayes-optimal score.
+
+    Scored like a model's logits (``jaxrec.train.loop.evaluate``) it gives the best logloss and
+    AUC any model can reach on those rows. The probability is clipped to ``[1e-12, 1 - 1e-12]``
+    so that the log-odds stay finite.
+    """
+    p = np.clip(self.teacher_probability(batch), _PROBABILITY_EPS, 1.0 - _PROBABILITY_EPS)
+    return np.log(p) - np.log1p(-p)
 
 
 def make_splits(config: SyntheticConfig, num_train: int, num_valid: int,

@@ -5,10 +5,9 @@
 * ``collection``: unsharded ``EmbeddingBagCollection`` (pooled) / ``EmbeddingCollection``
   (sequences) and the lookup functions they are built from.
 * ``sparse_optim``: row-wise Adagrad, Adagrad, SGD and Adam applied to the touched rows only.
-* ``inject``: ``inject_embeddings``, feeding embeddings computed outside a model (a sharded
-  lookup) into its ``FieldEmbedding`` (import it directly; it depends on ``jaxrec.layers``).
 
-The sharded versions live in ``jaxrec.sharding.embedding_plan`` / ``embedding_shard``; see
+The sharded versions live in ``jaxrec.sharding.embedding_plan`` / ``embedding_shard``; the one
+trainer uses them through ``jaxrec.train.table_trainer`` (``config.embedding``); see
 docs/embeddings.md.
 """
 

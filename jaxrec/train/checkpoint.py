@@ -18,17 +18,21 @@ import orbax.checkpoint as ocp
 class RunCheckpoints:
   """The latest and best checkpoints of one run directory."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, read_only: bool = False):
+    """``read_only``: for restoring only; creates no folder (a missing kind restores None)."""
     root = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    opts = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
+                                        create=not read_only)
+    kinds = [k for k in ('latest', 'best')
+             if not read_only or os.path.isdir(os.path.join(root, k))]
     self._managers = {
         kind: ocp.CheckpointManager(os.path.join(root, kind), options=opts,
                                     item_names=('state', 'meta'))
-        for kind in ('latest', 'best')
+        for kind in kinds
     }
 
   def latest_step(self, kind: str = 'latest') -> Optional[int]:
-    return self._managers[kind].latest_step()
+    return self._managers[kind].latest_step() if kind in self._managers else None
 
   def save(self, kind: str, step: int, state: Any, meta: dict) -> None:
     mngr = self._managers[kind]
@@ -40,8 +44,8 @@ class RunCheckpoints:
 
   def restore(self, kind: str, abstract_state: Any) -> Optional[tuple[Any, dict]]:
     """Returns (state, meta) of the newest ``kind`` checkpoint, or None if there is none."""
-    mngr = self._managers[kind]
-    step = mngr.latest_step()
+    step = self.latest_step(kind)
+    mngr = self._managers.get(kind)
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)

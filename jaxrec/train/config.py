@@ -1,9 +1,28 @@
 """The fields every training config has, with the BARS protocol defaults.
 
 Experiment files in configs/ start from :func:`base_config` and override what differs.
+
+Dataset options: ``config.dataset_options`` holds one group per dataset, each with every option of
+that dataset's ``load`` at its default (:func:`jaxrec.data.datasets.dataset_options`; the options
+are documented in each dataset module). Only the group of ``config.dataset`` is used, so switching
+datasets on the command line needs nothing else::
+
+    --config.dataset=criteo --config.data_dir=DIR --config.dataset_options.criteo.train_file=x.csv
+
+A config file sets its dataset's options in that group
+(``c.dataset_options.synthetic.num_train = 400_000``). A flat ``dataset_options`` (``num_train=...``
+directly, as older configs and run directories have it) still works and is read as the options of
+``config.dataset``. Either way an option the dataset does not take is a
+:class:`~jaxrec.errors.ConfigError` naming it and the valid ones.
 """
 
+from typing import Any, Mapping
+
 import ml_collections
+from ml_collections import config_dict
+
+from jaxrec.data.datasets import DATASETS, check_options, dataset_options
+from jaxrec.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -12,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Data.
   c.dataset = 'synthetic'  # synthetic | frappe | movielens | criteo | avazu | libffm
   c.data_dir = ''  # folder of the dataset's files (unused for synthetic)
-  c.dataset_options = ml_collections.ConfigDict()
+  c.dataset_options = all_dataset_options()  # dataset_options.<dataset>.<option>
   # Model.
   c.model = 'dcnv2'  # lr | fm | deepfm | dlrm | dcnv2
   c.embedding_dim = 10
@@ -54,6 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding.offload_opt_state = False  # keep the optimizer state in host memory between steps
   c.sharding.indivisible = 'error'  # error | replicate: a dimension that does not divide its axes
   c.sharding.max_unsharded_fraction = 0.1  # guardrail: fail above this unsharded fraction
+  # Embedding tables sharded by a plan (jaxrec.train.table_trainer, docs/embeddings.md).
+  c.embedding = ml_collections.ConfigDict()
+  c.embedding.plan = 'none'  # none | a sharding type for every table | path to a JSON plan
+  # dense (optax, with the other parameters) | sgd | adagrad | rowwise_adagrad | adam (fused)
+  c.embedding.optimizer = 'dense'
+  c.embedding.learning_rate = 0.0  # fused sparse optimizer's rate (0 = config.learning_rate)
+  c.embedding.id_check = 'none'  # none | error (an id outside its table stops the run)
+  c.embedding.memory_cap_bytes = 0  # per device (0 = no cap): a plan that does not fit is refused
+  c.embedding.hosts = 0  # hosts of the (host, local) embedding mesh (0 = one per process)
   return c
 
 
@@ -69,3 +97,51 @@ def frappe_config(model: str, **model_kwargs) -> ml_collections.ConfigDict:
   c.model = model
   c.model_kwargs = ml_collections.ConfigDict(model_kwargs)
   return c
+
+
+def dataset_options_config(name: str) -> ml_collections.ConfigDict:
+  """Every option of dataset ``name`` at its default (a typed placeholder where that is None, so
+  that the command line can set it)."""
+  c = ml_collections.ConfigDict()
+  for option, spec in dataset_options(name).items():
+    c[option] = config_dict.placeholder(spec.type) if spec.default is None else spec.default
+  return c
+
+
+def all_dataset_options() -> ml_collections.ConfigDict:
+  """One :func:`dataset_options_config` group per dataset of :data:`DATASETS`."""
+  return ml_collections.ConfigDict({name: dataset_options_config(name) for name in DATASETS})
+
+
+def _plain(d: Any) -> dict:
+  if d is None:
+    return {}
+  if isinstance(d, ml_collections.ConfigDict):
+    return d.to_dict()
+  return dict(d)
+
+
+def chosen_dataset_options(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The options ``config.dataset`` is loaded with: its defaults updated by the config's.
+
+  ``config`` is a ConfigDict or the dict of a run's ``config.json``; ``dataset_options`` is one
+  group per dataset or flat (module docstring). Raises ConfigError for an unknown dataset or an
+  option the dataset does not take.
+  """
+  name = config['dataset']
+  defaults = {k: spec.default for k, spec in dataset_options(name).items()}
+  given = _plain(config.get('dataset_options'))
+  if any(k in DATASETS for k in given):
+    stray = sorted(k for k in given if k not in DATASETS)
+    if stray:
+      raise ConfigError(f'config.dataset_options holds one group per dataset {sorted(DATASETS)}, '
+                        f'but also {stray}; set them as config.dataset_options.{name}.<option>')
+    check_options(name, _plain(given.get(name)), f'config.dataset_options.{name}')
+    return {**defaults, **_plain(given.get(name))}
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ConfigError(f'config.dataset_options: dataset {name!r} does not take {unknown}; its '
+                      f'options are {list(defaults)}. Options set for another dataset (a flat '
+                      f'dataset_options) cannot be switched: give each dataset its own group, '
+                      f'config.dataset_options.{name}.<option> (jaxrec.train.config)')
+  return {**defaults, **given}

@@ -11,15 +11,18 @@ import ml_collections
 
 from jaxrec.data.datasets import read_split_file
 from jaxrec.data.schema import FeatureSchema
+from jaxrec.errors import RunDirError
 from jaxrec.train import state as state_lib
 from jaxrec.train.checkpoint import RunCheckpoints
-from jaxrec.train.loop import evaluate, make_model, optim_config
+from jaxrec.sharding.embedding_plan import EmbeddingPlan
+from jaxrec.train.loop import PLAN_FILE, evaluate, make_model, optim_config
+from jaxrec.train.table_trainer import TableShardedTrainer
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} a run directory of scripts/train.py?')
+    raise RunDirError(f'{path} not found: is {workdir!r} a run directory of scripts/train.py?')
   with open(path, encoding='utf-8') as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -27,7 +30,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 def load_dataset_state(workdir: str) -> dict:
   path = os.path.join(workdir, 'dataset_state.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} a run directory of scripts/train.py?')
+    raise RunDirError(f'{path} not found: is {workdir!r} a run directory of scripts/train.py?')
   with open(path, encoding='utf-8') as f:
     return json.load(f)
 
@@ -39,12 +42,46 @@ def restore_for_inference(workdir: str, checkpoint: str = 'best'):
   schema = FeatureSchema.from_dict(data_state['schema'])
   model = make_model(config, schema)
   tx = state_lib.make_optimizer(optim_config(config))
-  abstract = jax.eval_shape(lambda: state_lib.create_train_state(
-      model, _dummy_batch(schema), tx, config.seed)[0])
-  restored = RunCheckpoints(workdir).restore(checkpoint, abstract)
+  emb = config.get('embedding') or {}
+  trainer = None
+  if emb.get('plan', 'none') != 'none':
+    trainer = _table_trainer(workdir, config, model, schema, tx)
+    abstract = trainer.init_state()[0]
+  else:
+    abstract = jax.eval_shape(lambda: state_lib.create_train_state(
+        model, _dummy_batch(schema), tx, config.seed)[0])
+  ckpts = RunCheckpoints(workdir, read_only=True)
+  try:
+    restored = ckpts.restore(checkpoint, abstract)
+  finally:
+    ckpts.close()
   if restored is None:
-    raise FileNotFoundError(f'{workdir}/checkpoints/{checkpoint} holds no checkpoint yet')
-  return config, model, restored[0], data_state
+    raise RunDirError(f'{workdir}/checkpoints/{checkpoint} holds no checkpoint yet')
+  state = restored[0]
+  if trainer is not None:  # the model's own (unsharded) parameter tree
+    state = state.replace(params=trainer.merge_params(jax.device_get(state.params)),
+                          opt_state=None, table_opt_state=None)
+  return config, model, state, data_state
+
+
+def _table_trainer(workdir: str, config, model, schema, tx) -> TableShardedTrainer:
+  """The trainer of a run with sharded tables, on as many devices as it was trained on."""
+  path = os.path.join(workdir, PLAN_FILE)
+  if not os.path.isfile(path):
+    raise RunDirError(f'{path} not found: a run with config.embedding.plan='
+                      f'{config.embedding.plan!r} stores its resolved plan there')
+  with open(path, encoding='utf-8') as f:
+    plan = EmbeddingPlan.from_json(f.read())
+  if jax.device_count() != plan.num_devices:
+    raise RunDirError(f'{workdir} keeps its tables sharded over {plan.num_devices} devices; '
+                      f'evaluate it on {plan.num_devices} devices (on CPU: --cpu_devices='
+                      f'{plan.num_devices}), this process has {jax.device_count()}')
+  e = config.embedding
+  example = _dummy_batch(schema)
+  example = {k: v.repeat(plan.num_devices, axis=0) for k, v in example.items()}
+  return TableShardedTrainer(model, schema, tx, optim_config(config), example, path,
+                             optimizer=e.optimizer, table_learning_rate=e.learning_rate,
+                             hosts=plan.num_hosts, seed=config.seed)
 
 
 def _dummy_batch(schema: FeatureSchema) -> dict:

@@ -8,7 +8,10 @@ the best checkpoint is restored and evaluated on validation (and test when the d
 Resume: the loop position (epoch, batch within the epoch), the best metric, the stale-epoch count
 and the learning rate are checkpointed with the state; batches are a pure function of (seed,
 epoch, start) and dropout keys of (seed, step), so a run killed at any point continues the same
-trajectory from ``checkpoints/latest``.
+trajectory from ``checkpoints/latest``. A rerun must describe the same run: its config may differ
+from the stored ``config.json`` only in :data:`jaxrec.train.run_config.RESUMABLE_FIELDS`, and
+nothing in the workdir is written before the config, data and model have passed their checks
+(:mod:`jaxrec.train.run_config`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,19 @@ from tqdm.auto import tqdm
 
 from jaxrec.data.dataset import CTRSource, num_batches
 from jaxrec.data.datasets import LoadedDataset, load_dataset
+from jaxrec.errors import ConfigError, RunDirError
 from jaxrec.models import build_model
 from jaxrec.sharding.data import gather_rows
 from jaxrec.sharding.trainer import ShardedTrainer
+from jaxrec.train.table_trainer import TableShardedTrainer
 from jaxrec.train import state as state_lib
+from jaxrec.train import run_config
 from jaxrec.train.checkpoint import RunCheckpoints
+from jaxrec.train.config import base_config, chosen_dataset_options
 from jaxrec.train.metrics import ctr_metrics
 from jaxrec.train.writers import MetricWriter
 
+PLAN_FILE = 'embedding_plan.json'  # the resolved plan of a run with sharded tables
 MONITORS = ('auc', 'logloss', 'auc-logloss')
 
 
@@ -45,7 +53,7 @@ def monitor_value(metrics: dict, monitor: str) -> float:
     return -metrics['logloss']
   if monitor == 'auc-logloss':
     return metrics['auc'] - metrics['logloss']
-  raise ValueError(f'config.monitor must be one of {MONITORS}, got {monitor!r}')
+  raise ConfigError(f'config.monitor must be one of {MONITORS}, got {monitor!r}')
 
 
 def optim_config(config: ml_collections.ConfigDict) -> state_lib.OptimConfig:
@@ -56,13 +64,17 @@ def optim_config(config: ml_collections.ConfigDict) -> state_lib.OptimConfig:
 
 
 def load_data(config: ml_collections.ConfigDict) -> LoadedDataset:
-  options = dict(config.get('dataset_options', {}) or {})
-  return load_dataset(config.dataset, config.data_dir or None, **options)
+  """``config.dataset`` loaded with its options (``config.chosen_dataset_options``)."""
+  return load_dataset(config.dataset, config.data_dir or None, **chosen_dataset_options(config))
 
 
 def make_model(config: ml_collections.ConfigDict, schema):
+  """``config.model`` built with ``config.model_kwargs``; ConfigError if they do not fit."""
   kwargs = dict(config.get('model_kwargs', {}) or {})
-  return build_model(config.model, schema, embedding_dim=config.embedding_dim, **kwargs)
+  try:
+    return build_model(config.model, schema, embedding_dim=config.embedding_dim, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.model / config.model_kwargs: {e}') from None
 
 
 def evaluate(eval_step, state, source: CTRSource, batch_size: int,
@@ -99,26 +111,65 @@ def _write_json(path: str, obj: Any) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ('batch_size', 'eval_batch_size', 'num_epochs', 'embedding_dim'):
     if int(config[name]) < 1:
-      raise ValueError(f'config.{name} must be >= 1, got {config[name]}')
+      raise ConfigError(f'config.{name} must be >= 1, got {config[name]}')
   if config.monitor not in MONITORS:
-    raise ValueError(f'config.monitor must be one of {MONITORS}, got {config.monitor!r}')
+    raise ConfigError(f'config.monitor must be one of {MONITORS}, got {config.monitor!r}')
   if not 0 < config.lr_decay_factor <= 1:
-    raise ValueError(f'config.lr_decay_factor must be in (0, 1], got {config.lr_decay_factor}')
+    raise ConfigError(f'config.lr_decay_factor must be in (0, 1], got {config.lr_decay_factor}')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def make_trainer(config: ml_collections.ConfigDict, model, schema, tx, ocfg, example):
+  """The trainer of ``config``: ``TableShardedTrainer`` when ``config.embedding.plan`` shards the
+  tables (the plan is printed), else ``ShardedTrainer`` (dense parameters by
+  ``config.sharding``)."""
+  emb = config.get('embedding') or base_config().embedding
+  if emb.plan != 'none':
+    trainer = TableShardedTrainer.from_config(config, model, schema, tx, ocfg, example)
+    trainer.check_batch_size(config.batch_size)
+    if jax.process_index() == 0:
+      print(trainer.describe(config.batch_size), flush=True)
+    return trainer
+  if emb.optimizer != 'dense':
+    raise ConfigError(f'config.embedding.optimizer={emb.optimizer!r} needs sharded tables '
+                      "(config.embedding.plan); with plan 'none' the tables train with optax "
+                      "(optimizer 'dense')")
+  try:
+    trainer = ShardedTrainer.from_config(config, model, tx, ocfg, example)
+    trainer.check_batch_size(config.batch_size)
+  except ValueError as e:
+    raise ConfigError(f'sharding plan (config.sharding): {e}') from None
+  return trainer
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       override_config_check: bool = False,
+                       fork_from: Optional[str] = None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a run) and returns the results dict.
 
   Writes ``config.json``, ``dataset_state.json``, ``metrics.jsonl``, TensorBoard events,
   ``checkpoints/{latest,best}`` and, when training ends, ``results.json``. ``config.max_steps``
   (0 = no limit) stops after that many steps in total, leaving a resumable run.
+
+  Args:
+    config: the run's config (:func:`jaxrec.train.config.base_config` fields).
+    workdir: the run directory. If it holds a checkpoint the run resumes, and ``config`` may
+      differ from its ``config.json`` only in ``run_config.RESUMABLE_FIELDS``
+      (ConfigMismatchError listing the fields otherwise).
+    override_config_check: resume even so, replacing the stored ``config.json``.
+    fork_from: a run directory whose latest and best checkpoints start this run in ``workdir``
+      (which must hold no run); the config may differ, but not the data or parameter shapes.
+
+  Raises:
+    jaxrec.errors.UserError: a config, data, sharding plan or run directory that cannot be run;
+      the workdir is then left untouched.
   """
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  record = run_config.run_record(config)
+  start = run_config.plan_start(workdir, record, fork_from, override_config_check)
   data = load_data(config)
-  _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
-  _write_json(os.path.join(workdir, 'dataset_state.json'),
-              dict(data.state, schema=data.schema.to_dict()))
+  data_state = run_config.json_native(dict(data.state, schema=data.schema.to_dict()))
+  if start.source is not None:
+    run_config.check_dataset_state(start.source, data_state, override_config_check)
 
   model = make_model(config, data.schema)
   ocfg = optim_config(config)
@@ -126,23 +177,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The mesh, FSDP strategy and multi-host data (jaxrec.sharding): each process reads its rows.
   splits = dict(data.splits)
   example = next(splits['train'].batches(config.batch_size))
-  trainer = ShardedTrainer.from_config(config, model, tx, ocfg, example)
-  trainer.check_batch_size(config.batch_size)
+  trainer = make_trainer(config, model, data.schema, tx, ocfg, example)
   splits = {k: trainer.local_source(v) for k, v in splits.items()}
   train, valid = splits['train'], splits['valid']
   state, _ = trainer.init_state()
-  ckpts = RunCheckpoints(workdir)
-  restored = ckpts.restore('latest', state)
   meta = _initial_meta()
-  if restored is not None:
+  restored = best = None
+  if start.source is not None:
+    restored, best = _restore(start.source, state, with_best=fork_from is not None)
     state, meta = restored
-    if jax.process_index() == 0:
-      print(f'Resuming from {workdir} at step {int(state.step)} (epoch {meta["epoch"]}, '
-            f'batch {meta["batch"]})')
+
+  # Validated: from here on the workdir is written.
+  if jax.process_index() == 0 and start.note:
+    print(start.note, flush=True)
+  os.makedirs(workdir, exist_ok=True)
+  files = [(run_config.CONFIG_FILE, record), (run_config.DATASET_STATE_FILE, data_state)]
+  if isinstance(trainer, TableShardedTrainer):  # the resolved plan, for evaluation and reuse
+    files.append((PLAN_FILE, trainer.plan.to_dict()))
+  for name, obj in files:
+    path = os.path.join(workdir, name)
+    if run_config.read_json(path) != obj:
+      _write_json(path, obj)
+  ckpts = RunCheckpoints(workdir)
+  if fork_from is not None:
+    ckpts.save('latest', int(state.step), state, meta)
+    if best is not None:
+      ckpts.save('best', int(best[0].step), *best)
+  steps_per_epoch = num_batches(train.num_rows, config.batch_size)
+  if restored is not None and jax.process_index() == 0:
+    print(f'Resuming from {start.source} at step {int(state.step)} '
+          f'({_position(meta, steps_per_epoch, config.num_epochs)})', flush=True)
 
   train_step, eval_step = trainer.train_step, trainer.eval_step
   writer = MetricWriter(workdir, tensorboard=config.tensorboard)
-  steps_per_epoch = num_batches(train.num_rows, config.batch_size)
   show = config.progress and jax.process_index() == 0
   try:
     while not meta['done'] and meta['epoch'] < config.num_epochs:
@@ -182,7 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       meta = _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts)
       state = trainer.set_learning_rate(state, meta['lr'])
       ckpts.save('latest', int(state.step), state, meta)
-    results = _final_evaluation(config, eval_step, state, splits, meta, ckpts)
+    results = _final_evaluation(config, eval_step, state, splits, meta, ckpts,
+                                getattr(data.splits['valid'], 'teacher_logit', None))
     writer.write(int(state.step), 'final', {f'{s}_{k}': v for s, d in results.items()
                                             if isinstance(d, dict) for k, v in d.items()})
     _write_json(os.path.join(workdir, 'results.json'), results)
@@ -190,6 +258,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     writer.close()
     ckpts.close()
+
+
+def _restore(source: str, state, with_best: bool = False):
+  """(latest, best) checkpoints of run directory ``source`` as (state, meta) pairs, read without
+  writing; best is None unless ``with_best`` and there is one."""
+  ckpts = RunCheckpoints(source, read_only=True)
+  try:
+    latest = ckpts.restore('latest', state)
+    best = ckpts.restore('best', state) if with_best else None
+  except (ValueError, TypeError, KeyError) as e:
+    raise RunDirError(f'the checkpoint in {source} does not fit the model of this config '
+                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
+  finally:
+    ckpts.close()
+  if latest is None:
+    raise RunDirError(f'{source}/checkpoints/latest holds no checkpoint')
+  return latest, best
+
+
+def _position(meta: dict, steps_per_epoch: int, num_epochs: int) -> str:
+  """Where a restored run stands, with epochs counted from 1 as the progress lines count them."""
+  if meta['done'] or meta['epoch'] >= num_epochs:
+    return f'training finished after {meta["epoch"]} epochs'
+  return f'epoch {meta["epoch"] + 1}, {meta["batch"]} of {steps_per_epoch} batches done'
 
 
 def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
@@ -217,8 +309,13 @@ def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
   return meta
 
 
-def _final_evaluation(config, eval_step, state, splits, meta, ckpts) -> dict:
-  """Restores the best checkpoint and scores valid (and test when present)."""
+def _final_evaluation(config, eval_step, state, splits, meta, ckpts, bayes_logit=None) -> dict:
+  """Restores the best checkpoint and scores valid (and test when present).
+
+  ``bayes_logit(batch)``, when the data has one (the synthetic generator's ``teacher_logit``),
+  is scored on the same rows as ``bayes_optimal_valid`` / ``bayes_optimal_test``: the best any
+  model can reach.
+  """
   best = ckpts.restore('best', state)
   if best is None:
     raise RuntimeError('training ended without a best checkpoint (no epoch was evaluated)')
@@ -228,7 +325,10 @@ def _final_evaluation(config, eval_step, state, splits, meta, ckpts) -> dict:
   for split in ('valid', 'test'):
     if split in splits:
       results[split] = evaluate(eval_step, best_state, splits[split], config.eval_batch_size)
+      if bayes_logit is not None:
+        results[f'bayes_optimal_{split}'] = evaluate(lambda _, batch: bayes_logit(batch), None,
+                                                     splits[split], config.eval_batch_size)
   if jax.process_index() == 0:
-    print('best checkpoint: ' + json.dumps({k: results[k] for k in ('best_epoch', 'valid')
-                                           if k in results}), flush=True)
+    print('best checkpoint: ' + json.dumps({k: results[k] for k in (
+        'best_epoch', 'valid', 'bayes_optimal_valid') if k in results}), flush=True)
   return results

@@ -61,7 +61,7 @@ def base_entropy(labels: np.ndarray) -> float:
   p = float(np.mean(np.asarray(labels, np.float64)))
   if p <= 0.0 or p >= 1.0:
     raise ValueError(f'normalized entropy needs both classes; base rate is {p}')
-  return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+  return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
 def normalized_entropy(labels: np.ndarray, logits: np.ndarray) -> float:

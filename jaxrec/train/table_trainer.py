@@ -48,6 +48,7 @@ from jaxrec.data.schema import FeatureSchema
 from jaxrec.embeddings.collection import check_ids, pooled_lookup
 from jaxrec.embeddings.config import EmbeddingBagConfig
 from jaxrec.embeddings.jagged import KeyedJagged
+from jaxrec.errors import ConfigError
 from jaxrec.embeddings.sparse_optim import KINDS as SPARSE_KINDS
 from jaxrec.embeddings.sparse_optim import SparseOptimizer
 from jaxrec.layers.embedding import EMBEDDED
@@ -61,7 +62,7 @@ OPTIMIZERS = ('dense',) + SPARSE_KINDS
 ID_CHECKS = ('none', 'error')
 
 
-class EmbeddingConfigError(ValueError):
+class EmbeddingConfigError(ConfigError):
   """A bad ``config.embedding`` (plan, optimizer, cap) or an unsupported combination."""
 
 
@@ -281,6 +282,9 @@ class TableShardedTrainer:
                   tx: optax.GradientTransformation, optim: state_lib.OptimConfig,
                   example_batch: dict) -> 'TableShardedTrainer':
     e = config.embedding
+    if e.plan == 'none':
+      raise EmbeddingConfigError("config.embedding.plan is 'none': the tables are not sharded "
+                                 '(the loop uses ShardedTrainer)')
     strategy = config.get('sharding', {}).get('strategy', 'NO_SHARD')
     if strategy != 'NO_SHARD':
       raise EmbeddingConfigError(
@@ -353,10 +357,11 @@ class TableShardedTrainer:
     base = KeyedJagged.from_batch(feats, self._schema)
     cols = [base.keys.index(t.field) for t in self.tables]
     return KeyedJagged(ids=base.ids[:, cols], lengths=base.lengths[:, cols],
-                       weights=base.weights[:, cols], keys=tuple(t.config.name for t in self.tables))
+                       weights=base.weights[:, cols],
+                       keys=tuple(t.config.name for t in self.tables))
 
   def _embedded(self, pooled: dict) -> dict:
-    """``{table: [B, d]}`` -> the ``EMBEDDED`` collection ``{module path: {'pooled': [B, F, d]}}``."""
+    """``{table: [B, d]}`` -> the ``EMBEDDED`` collection ``{module: {'pooled': [B, F, d]}}``."""
     by_module: dict[tuple, list] = {}
     for t in self.tables:  # schema order within a module (FieldEmbedding's order)
       by_module.setdefault(t.module, []).append(t)

@@ -12,6 +12,7 @@ from jaxrec.data import synthetic
 from jaxrec.data.dataset import num_batches
 from jaxrec.data.schema import FeatureSchema
 from jaxrec.data.synthetic import SyntheticConfig, SyntheticSource, make_splits, zipf_ranks
+from jaxrec.train import metrics
 
 # Small and fast; chunk_size 256 makes batches straddle chunks.
 SMALL = SyntheticConfig(num_sparse=6, num_dense=3, num_multi_hot=2, multi_hot_max_length=4,
@@ -248,6 +249,22 @@ def test_positive_rate_and_label_calibration(kw):
     sel = (p >= lo) & (p < hi)
     assert sel.sum() > 1000
     assert abs(y[sel].mean() - p[sel].mean()) < 4 * np.sqrt(0.25 / sel.sum())
+
+
+def test_teacher_logit_is_the_log_odds_of_the_true_probability(monkeypatch):
+  """The Bayes-optimal score: the finite log-odds of teacher_probability, so it ranks and scores
+  as the true probability does (also with logit noise and label flips)."""
+  c = dataclasses.replace(SMALL, logit_noise_std=0.5, label_flip_rate=0.02)
+  src = SyntheticSource(c, 'valid', 3000)
+  batch = next(src.batches(3000))
+  p, z = src.teacher_probability(batch), src.teacher_logit(batch)
+  assert z.dtype == np.float64 and z.shape == (3000,)
+  np.testing.assert_allclose(1 / (1 + np.exp(-z)), p, rtol=1e-12, atol=1e-15)
+  assert metrics.auc(batch['label'], z) == metrics.auc(batch['label'], p)
+  assert metrics.logloss_from_logits(batch['label'], z) == pytest.approx(
+      metrics.logloss(batch['label'], p, eps=1e-12), rel=1e-12)
+  monkeypatch.setattr(src, 'teacher_probability', lambda b: np.array([0.0, 1.0]))
+  assert np.isfinite(src.teacher_logit(batch)).all()  # a saturated probability stays finite
 
 
 def _first_order_design(src, arrays):
