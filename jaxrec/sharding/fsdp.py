@@ -31,7 +31,10 @@ forward pass and again in the backward pass instead of being held for the whole 
 
 Dimensions that do not divide their mesh axes raise a ValueError naming the parameter, the
 dimension and the axes (``indivisible='error'``, the default); ``indivisible='replicate'`` keeps
-such dimensions whole instead, and the unsharded-parameter check (``guardrail``) reports them.
+such dimensions whole instead, and the unsharded-parameter check (``guardrail``) reports them;
+``indivisible='pad'`` shards them anyway, stored zero-padded to a multiple of the axes' device
+count and sliced back to the logical shape after the gather, so the model is exactly the unpadded
+one (``jaxrec.sharding.padding``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxrec.layers.transformer import REMAT_POLICIES, check_remat_policy
+from jaxrec.sharding import padding as padding_lib
 from jaxrec.sharding import rules as rules_lib
 from jaxrec.sharding.mesh import HOST_AXIS
 from jaxrec.sharding.offload import HOST_MEMORY, check_offload_supported
@@ -120,7 +124,7 @@ class MixedPrecision:
 
 
 IMPLEMENTATIONS = ('gspmd', 'shard_map')
-INDIVISIBLE = ('error', 'replicate')
+INDIVISIBLE = ('error', 'replicate', 'pad')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +139,8 @@ class ShardingConfig:
       takes a per-layer ``remat_policy`` of its own.
     offload_params: keep the stored parameters in host memory (``pinned_host``) between steps.
     offload_opt_state: keep the optimizer state in host memory between steps.
-    indivisible: 'error' or 'replicate' for a dimension that does not divide its mesh axes.
+    indivisible: what to do with a dimension that does not divide its mesh axes: 'error',
+      'replicate' (keep it whole) or 'pad' (shard it, zero-padded; see ``jaxrec.sharding.padding``).
     max_unsharded_fraction: fail when more than this fraction of the parameter elements is
       replicated over the strategy's sharding axes (the guardrail; not applied to NO_SHARD or when
       those axes have size 1).
@@ -212,6 +217,9 @@ def array_mesh_axes(path: str, names: tuple, shape: tuple[int, ...], mesh: Mesh,
                     ) -> Dims:
   """The mesh axes of each dimension of the array at ``path`` with logical axes ``names``.
 
+  With ``indivisible='pad'`` an indivisible dimension keeps its axes (the plan pads the array,
+  see ``padded_shape``); with 'replicate' it drops them.
+
   Raises:
     ValueError: (``indivisible='error'``) a dimension's size does not divide the product of its
       mesh axes; the message names the array, dimension, logical axis and mesh axes.
@@ -227,13 +235,13 @@ def array_mesh_axes(path: str, names: tuple, shape: tuple[int, ...], mesh: Mesh,
         if b not in new:
           new.append(b)
     n = axes_size(mesh, tuple(new))
-    if size % n:
+    if size % n and indivisible != 'pad':
       if indivisible == 'error':
         raise ValueError(
             f'{path}: dimension {d} (logical axis {names[d]!r}, size {size}) does not divide '
             f'mesh axes {tuple(new)} (size {n}) under {strategy.value}; make it a multiple of '
-            f"{n}, or set config.sharding.indivisible='replicate' to keep it whole (the "
-            'unsharded-parameter check then reports it)')
+            f"{n}, set config.sharding.indivisible='pad' to shard it zero-padded (exact), or "
+            "'replicate' to keep it whole (the unsharded-parameter check then reports it)")
       # Drop the fsdp-expanded axes first (so every role of an array agrees on the others).
       new = [a for a in new if a not in expand]
       if size % axes_size(mesh, tuple(new)):
@@ -261,7 +269,7 @@ class StatePlan:
   Attributes:
     mesh: the device mesh.
     config: the sharding config.
-    abstract: the unboxed state as ``jax.ShapeDtypeStruct`` s.
+    abstract: the stored state as ``jax.ShapeDtypeStruct`` s (padded shapes, see ``logical``).
     mask: the embedding mask of the parameters (``state.embedding_mask``).
     state: ``TrainState`` of ``NamedSharding`` (storage layouts, memory kinds for offload).
     param_dims: parameters tree of per-dimension mesh axes of the stored parameters.
@@ -269,6 +277,8 @@ class StatePlan:
     param_names: parameters tree of logical axis names.
     batch: sharding of a batch array (rows over the batch axes).
     batch_axes: the mesh axes rows are split over.
+    logical: the state as the model defines it (``abstract`` without padding; equal to it unless
+      ``config.indivisible == 'pad'`` and some dimension does not divide its axes).
   """
   mesh: Mesh
   config: ShardingConfig
@@ -280,6 +290,7 @@ class StatePlan:
   param_names: PyTree
   batch: NamedSharding
   batch_axes: tuple[str, ...]
+  logical: Any
 
   def sharding(self, dims, memory_kind: Optional[str] = None) -> NamedSharding:
     return NamedSharding(self.mesh, to_pspec(dims), memory_kind=memory_kind)
@@ -293,6 +304,20 @@ class StatePlan:
   def activation_rules(self) -> rules_lib.Rules:
     return rules_lib.mesh_rules(self.mesh)
 
+  @property
+  def padded(self) -> bool:
+    """Whether any stored array is padded."""
+    shapes = lambda tree: [x.shape for x in jax.tree.leaves(tree)]
+    return shapes(self.abstract) != shapes(self.logical)
+
+  def pad(self, state: Any) -> Any:
+    """A state of the logical shapes (e.g. an unsharded one) zero-padded to the stored shapes."""
+    return padding_lib.pad_tree(state, self.abstract)
+
+  def unpad(self, state: Any) -> Any:
+    """A stored state sliced to the logical shapes (what the unsharded model holds)."""
+    return padding_lib.unpad_tree(state, self.logical)
+
 
 def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
                config: ShardingConfig) -> StatePlan:
@@ -300,7 +325,9 @@ def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
 
   Every boxed leaf gets its mesh axes from its logical names (parameters with the 'params' role,
   optimizer slots with the 'grads' role); everything else (step, rng, Adam's count, the learning
-  rate, BatchNorm statistics) is replicated.
+  rate, BatchNorm statistics) is replicated. Under ``indivisible='pad'`` a parameter and its
+  optimizer slots are stored padded to a multiple of their gradient layout's device counts (which
+  the stored and compute layouts divide).
 
   Raises:
     ValueError: a logical name without a rule, or an indivisible dimension (see
@@ -335,7 +362,14 @@ def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
     return NamedSharding(mesh, to_pspec(dims), memory_kind=kind)
 
   replicated = NamedSharding(mesh, P())
-  abstract = nn.meta.unbox(boxed_abstract)
+  logical = nn.meta.unbox(boxed_abstract)
+
+  def padded(tree, dims):
+    return jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(
+        padding_lib.padded_shape(a.shape, d, mesh), a.dtype), tree, dims)
+
+  abstract = logical.replace(params=padded(logical.params, grad_dims),
+                             opt_state=padded(logical.opt_state, opt_dims))
   state_shardings = state_lib.TrainState(
       step=replicated,
       params=jax.tree.map(lambda d: shard(d, p_kind), param_dims),
@@ -347,7 +381,8 @@ def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
                    mask=state_lib.embedding_mask(boxed_abstract.params), state=state_shardings,
                    param_dims=param_dims, grad_dims=grad_dims,
                    param_names=names_of(boxed_abstract.params),
-                   batch=NamedSharding(mesh, P(batch_axes)), batch_axes=batch_axes)
+                   batch=NamedSharding(mesh, P(batch_axes)), batch_axes=batch_axes,
+                   logical=logical)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,12 +394,17 @@ def box_params(params: PyTree, plan: StatePlan) -> PyTree:
 
   The stored and compute layouts follow from it (``box_layouts``). A dimension whose logical name
   is ``'layers'`` keeps that name (flax's scan removes it when it slices out one layer), so a box
-  seen inside a scanned block still knows its layout.
+  seen inside a scanned block still knows its layout. A padded parameter gets a
+  ``PaddedPartitioned`` box carrying its logical sizes (the gather slices the padding off).
   """
-  def one(x, dims, names):
+  def one(x, dims, names, logical, stored):
     entries = tuple(LAYERS if n == LAYERS else (t if t else None) for t, n in zip(dims, names))
-    return nn.Partitioned(x, names=entries)
-  return jax.tree.map(one, params, plan.grad_dims, plan.param_names)
+    if logical.shape == stored.shape:
+      return nn.Partitioned(x, names=entries)
+    sizes = tuple(s if s != t else None for s, t in zip(logical.shape, stored.shape))
+    return padding_lib.PaddedPartitioned(x, names=entries, sizes=sizes)
+  return jax.tree.map(one, params, plan.grad_dims, plan.param_names, plan.logical.params,
+                      plan.abstract.params)
 
 
 def box_layouts(box: nn.Partitioned, strategy: Strategy, mesh: Mesh
@@ -386,13 +426,16 @@ def box_layouts(box: nn.Partitioned, strategy: Strategy, mesh: Mesh
 
 def gather_tree(tree: PyTree, gather_one: Callable[[nn.Partitioned], jax.Array],
                 skip_layers: bool) -> PyTree:
-  """Applies ``gather_one`` to every box (``skip_layers``: except boxes with a 'layers' dim)."""
+  """Applies ``gather_one`` to every box (``skip_layers``: except boxes with a 'layers' dim).
+
+  A padded parameter is sliced to its logical shape after the gather.
+  """
   def one(x):
     if not _is_box(x):
       return x
     if skip_layers and LAYERS in x.names:
       return x
-    return gather_one(x)
+    return padding_lib.unpad_gathered(gather_one(x), x)
   return jax.tree.map(one, tree, is_leaf=_is_box)
 
 

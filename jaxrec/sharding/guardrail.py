@@ -47,7 +47,7 @@ def unsharded_report(plan: StatePlan) -> UnshardedReport:
   axes = tuple(a for a in shard_axes(plan.config.strategy, 'grads', plan.mesh)
                if plan.mesh.shape[a] > 1)
   rows, total = [], 0
-  flat = jax.tree_util.tree_flatten_with_path(plan.abstract.params)[0]
+  flat = jax.tree_util.tree_flatten_with_path(plan.logical.params)[0]  # padding not counted
   dims = jax.tree.leaves(plan.grad_dims)
   for (path, leaf), d in zip(flat, dims):
     n = math.prod(leaf.shape)
@@ -70,5 +70,6 @@ def check_unsharded(plan: StatePlan) -> UnshardedReport:
     raise ValueError(f'{cfg.strategy.value}: too many parameters left unsharded (allowed '
                      f'max_unsharded_fraction={cfg.max_unsharded_fraction}). '
                      + report.format() + '\nAdjust the sizes so the dimensions divide the mesh '
-                     "axes, or raise config.sharding.max_unsharded_fraction.")
+                     "axes, set config.sharding.indivisible='pad' to shard indivisible dimensions "
+                     'zero-padded, or raise config.sharding.max_unsharded_fraction.')
   return report

