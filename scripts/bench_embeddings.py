@@ -5,11 +5,11 @@
 For every sharding type, every table gets that type (``uniform_plan``) on a 2-host x 4-device
 mesh (8 emulated CPU devices unless real ones exist). It times the jitted forward lookup and a
 training step (forward, backward, fused row-wise Adagrad), counts the collectives of both
-compiled programs from their HLO (``jaxrec.sharding.hlo``: bytes of each result per device) and
-prints, next to them, what TorchRec's planner estimators charge for the same plan
-(``shard_estimators``: ids in int64; forward input = ids sent to the shards, forward output =
-pooled outputs sent back; TorchRec sends jagged ids, this implementation padded ``[N, S, b, L]``
-ids and weights). The table is written into docs/embeddings.md between the markers.
+compiled programs from their HLO (``jaxrec.sharding.hlo``) and prints the id and output bytes
+per step of the compiled lookup next to TorchRec's planner estimate for the same plan
+(``jaxrec.sharding.embedding_comms``: ids in int64; row-split types bucketize their ids per
+destination at the default capacity). The table is written into docs/embeddings.md between the
+markers.
 """
 
 from __future__ import annotations
@@ -32,44 +32,14 @@ import numpy as np
 
 from jaxrec.embeddings import EmbeddingBagConfig, KeyedJagged
 from jaxrec.embeddings.sparse_optim import SparseOptimizer
-from jaxrec.sharding import hlo
+from jaxrec.sharding import embedding_comms, hlo
 from jaxrec.sharding.embedding_plan import SHARDING_TYPES, uniform_plan
 from jaxrec.sharding.embedding_shard import ShardedEmbeddingBagCollection, embedding_mesh
 
 BEGIN, END = '<!-- bench_embeddings:begin -->', '<!-- bench_embeddings:end -->'
-ID_BYTES = 8  # TorchRec's BIGINT_DTYPE
-
-
-def torchrec_estimate(kind: str, global_batch: int, world: int, local_world: int, bag: float,
-                      dim: int, num_tables: int, out_bytes: int = 4) -> tuple[float, float]:
-  """(forward input bytes, forward output bytes) per device, TorchRec's estimator formulas.
-
-  Per table (one feature of mean bag ``bag``), from ``shard_estimators._get_*_sharding_perf``:
-  TW / CW input ``B L 8``, output ``B d 4`` (CW: the shards' d add up to d); RW input
-  ``B L 8``  in all (``/ world`` per shard), output ``B d 4`` per shard (reduce-scatter);
-  TWRW input ``B L 8 / local`` per shard, output ``B d 4`` intra-host per shard plus
-  ``B d 4 local / world`` across hosts; DP no input, output = the all-reduced gradient
-  (rows x d x 4, backward). Summed over the tables' shards and divided by the devices.
-  """
-  b = global_batch
-  if kind in ('table_wise', 'column_wise', 'table_column_wise'):
-    inp, out = b * bag * ID_BYTES, b * dim * out_bytes
-    if kind != 'table_wise':
-      inp *= 2  # two column shards, each reads every id
-  elif kind == 'row_wise':
-    inp, out = b * bag * ID_BYTES, world * b * dim * out_bytes
-  elif kind in ('table_row_wise', 'grid'):
-    shards = local_world * (2 if kind == 'grid' else 1)
-    d_shard = dim / (2 if kind == 'grid' else 1)
-    inp = shards * b * bag / local_world * ID_BYTES
-    out = shards * (b * d_shard * out_bytes + b * d_shard * out_bytes * local_world / world)
-  else:  # data_parallel: forward input 0; the gradient all-reduce is charged as output
-    return 0.0, float('nan')
-  return num_tables * inp / world, num_tables * out / world
-
-
 def _collectives(compiled_text: str) -> str:
-  ops = hlo.summarize(hlo.collectives(compiled_text))
+  """Per kind: count and result bytes per device, the overflow-only second pass left out."""
+  ops = hlo.summarize([op for op in hlo.collectives(compiled_text) if not op.conditional])
   if not ops:
     return '-'
   return ', '.join(f'{k} x{int(v["count"])}: {v["result_bytes"] / 1e6:.2f} MB'
@@ -122,27 +92,35 @@ def bench(kind: str, args) -> dict:
     times.append(time.perf_counter() - t0)
   t_train = float(np.median(times))
   lookups = args.batch * args.tables * args.bag
-  est_in, est_out = torchrec_estimate(kind, args.batch, plan.num_devices, args.per_host, args.bag,
-                                      args.dim, args.tables)
-  if kind == 'data_parallel':
-    est_out = args.tables * args.rows * args.dim * 4  # all-reduced gradient, every device
+  est_in, est_out = embedding_comms.torchrec_bytes(plan, tables, args.batch,
+                                                   {t.feature_names[0]: args.bag for t in tables})
+  hlo_in, hlo_out, hlo_second = embedding_comms.hlo_bytes(fwd.as_text(), plan.num_devices)
+  if kind == 'data_parallel':  # backward only: the sparse update's all-gather, per device
+    hlo_out = sum(op.result_bytes for op in hlo.collectives(train.as_text())
+                  if op.kind == 'all-gather')
   return {'kind': kind, 'fwd_lookups_s': lookups / t_fwd, 'train_lookups_s': lookups / t_train,
-          'fwd_collectives': _collectives(fwd.as_text()),
           'train_collectives': _collectives(train.as_text()),
-          'est_in': est_in, 'est_out': est_out}
+          'hlo_in': hlo_in, 'hlo_out': hlo_out, 'hlo_second': hlo_second, 'est_in': est_in,
+          'est_out': est_out}
 
 
 def table(rows) -> str:
-  lines = ['| sharding type | fwd lookups/s | train lookups/s | forward collectives (HLO, per '
-           'device) | train-step collectives (HLO, per device) | TorchRec est. fwd input / '
-           'output per device |',
-           '|---|---:|---:|---|---|---|']
+  lines = ['| sharding type | fwd lookups/s | train lookups/s | id bytes/step: HLO / TorchRec est. '
+           '(ratio) | second pass, only on overflow (HLO) | output bytes/step: HLO / TorchRec '
+           'est. | train-step collectives (HLO, per device) |',
+           '|---|---:|---:|---|---:|---|---|']
   for r in rows:
-    est = (f'{r["est_in"] / 1e6:.2f} MB / {r["est_out"] / 1e6:.2f} MB'
-           if r['kind'] != 'data_parallel' else
-           f'0 / {r["est_out"] / 1e6:.2f} MB (grad all-reduce)')
+    if r['kind'] == 'data_parallel':
+      ids = '0 / 0'
+      out = (f'{r["hlo_out"] / 1e6:.2f} MB all-gather / {r["est_out"] / 1e6:.2f} MB gradient '
+             'all-reduce (backward, per device)')
+    else:
+      ids = (f'{r["hlo_in"] / 1e6:.3f} MB / {r["est_in"] / 1e6:.3f} MB '
+             f'({r["hlo_in"] / r["est_in"]:.2f})')
+      out = f'{r["hlo_out"] / 1e6:.2f} MB / {r["est_out"] / 1e6:.2f} MB'
+    second = f'{r["hlo_second"] / 1e6:.3f} MB' if r['hlo_second'] else '-'
     lines.append(f'| {r["kind"]} | {r["fwd_lookups_s"]:.3g} | {r["train_lookups_s"]:.3g} | '
-                 f'{r["fwd_collectives"]} | {r["train_collectives"]} | {est} |')
+                 f'{ids} | {second} | {out} | {r["train_collectives"]} |')
   return '\n'.join(lines)
 
 
@@ -179,8 +157,10 @@ def main(argv=None):
   dev = jax.devices()[0]
   header = (f'Command: `{cmd.strip()}`  \nMachine: {platform.node() or "?"} '
             f'({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores), '
-            f'{len(jax.devices())} x {dev.platform} devices ({dev.device_kind}), jax '
-            f'{jax.__version__}  \nDate: {datetime.date.today().isoformat()}  \n'
+            f'{len(jax.devices())} x {dev.platform} devices ({dev.device_kind}'
+            f'{", emulated" if dev.platform == "cpu" else ""}), jax '
+            f'{jax.__version__}  \nDate: {datetime.date.today().isoformat()}, load average '
+            f'{" / ".join(f"{x:.1f}" for x in os.getloadavg())} (1 / 5 / 15 min) at the end  \n'
             f'Batch {args.batch} (global), {args.tables} tables of {args.rows} x {args.dim}, '
             f'{args.bag} ids per bag, {args.hosts} hosts x {args.per_host} devices.\n')
   text = header + '\n' + table(rows)

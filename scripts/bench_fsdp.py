@@ -41,7 +41,7 @@ from jaxrec.models.transformer import FieldTransformer  # pylint: disable=wrong-
 from jaxrec.sharding import hlo  # pylint: disable=wrong-import-position
 from jaxrec.sharding.fsdp import ShardingConfig  # pylint: disable=wrong-import-position
 from jaxrec.sharding.mesh import make_hierarchical_mesh, make_mesh  # pylint: disable=wrong-import-position
-from jaxrec.sharding.trainer import ShardedTrainer  # pylint: disable=wrong-import-position
+from jaxrec.train.sharded_trainer import ShardedTrainer  # pylint: disable=wrong-import-position
 from jaxrec.train import state as state_lib  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,8 +21,8 @@ _SPLIT_FILE = flags.DEFINE_string('split_file', None, "A split file in the run d
 _CHECKPOINT = flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Eval batch size (0: the run config).')
 _CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0,
-                                    'If > 0, emulate this many CPU devices (a run with sharded '
-                                    'tables is evaluated on as many devices as it trained on).')
+                                    'If > 0, emulate this many CPU devices (any count reads any '
+                                    'run, whatever mesh or embedding plan it trained on).')
 flags.mark_flags_as_required(['workdir', 'split_file'])
 
 

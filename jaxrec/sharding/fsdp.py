@@ -53,9 +53,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxrec.layers.transformer import REMAT_POLICIES, check_remat_policy
 from jaxrec.sharding import padding as padding_lib
 from jaxrec.sharding import rules as rules_lib
+from jaxrec.sharding.hooks import ForwardHooks
 from jaxrec.sharding.mesh import HOST_AXIS
 from jaxrec.sharding.offload import HOST_MEMORY, check_offload_supported
-from jaxrec.train import state as state_lib
 
 PyTree = Any
 LAYERS = 'layers'  # the logical axis of a scanned layer stack (kept in box names, never sharded)
@@ -270,7 +270,7 @@ class StatePlan:
     mesh: the device mesh.
     config: the sharding config.
     abstract: the stored state as ``jax.ShapeDtypeStruct`` s (padded shapes, see ``logical``).
-    mask: the embedding mask of the parameters (``state.embedding_mask``).
+    mask: the embedding mask of the parameters (``rules.embedding_mask``).
     state: ``TrainState`` of ``NamedSharding`` (storage layouts, memory kinds for offload).
     param_dims: parameters tree of per-dimension mesh axes of the stored parameters.
     grad_dims: the same for gradients (and the optimizer's per-parameter slots).
@@ -319,9 +319,12 @@ class StatePlan:
     return padding_lib.unpad_tree(state, self.logical)
 
 
-def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
-               config: ShardingConfig) -> StatePlan:
+def plan_state(boxed_abstract: Any, mesh: Mesh, config: ShardingConfig) -> StatePlan:
   """The plan for a state whose ``jax.eval_shape`` (boxed, see ``init_boxed_state``) is given.
+
+  ``boxed_abstract`` is a ``jaxrec.train.state.TrainState`` (any struct dataclass with its fields
+  ``step``, ``params``, ``batch_stats``, ``opt_state`` and ``rng``); the plan's ``state`` is one
+  of the same class, of shardings.
 
   Every boxed leaf gets its mesh axes from its logical names (parameters with the 'params' role,
   optimizer slots with the 'grads' role); everything else (step, rng, Adam's count, the learning
@@ -370,7 +373,7 @@ def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
 
   abstract = logical.replace(params=padded(logical.params, grad_dims),
                              opt_state=padded(logical.opt_state, opt_dims))
-  state_shardings = state_lib.TrainState(
+  state_shardings = type(boxed_abstract)(
       step=replicated,
       params=jax.tree.map(lambda d: shard(d, p_kind), param_dims),
       batch_stats=jax.tree.map(lambda _: replicated, abstract.batch_stats),
@@ -378,7 +381,7 @@ def plan_state(boxed_abstract: state_lib.TrainState, mesh: Mesh,
       rng=replicated)
   batch_axes = tuple(a for a in (HOST_AXIS, 'data', rules_lib.FSDP) if a in mesh.axis_names)
   return StatePlan(mesh=mesh, config=config, abstract=abstract,
-                   mask=state_lib.embedding_mask(boxed_abstract.params), state=state_shardings,
+                   mask=rules_lib.embedding_mask(boxed_abstract.params), state=state_shardings,
                    param_dims=param_dims, grad_dims=grad_dims,
                    param_names=names_of(boxed_abstract.params),
                    batch=NamedSharding(mesh, P(batch_axes)), batch_axes=batch_axes,
@@ -479,7 +482,7 @@ def with_gather_hooks(model: nn.Module, gather_one: Callable[[nn.Partitioned], j
 
 
 def make_gspmd_hooks(plan: StatePlan, model: nn.Module
-                     ) -> tuple[nn.Module, state_lib.ForwardHooks]:
+                     ) -> tuple[nn.Module, ForwardHooks]:
   """The model (per-layer gather set, if it takes one) and the GSPMD step hooks.
 
   The gather is a sharding constraint to the compute layout in ``param_dtype``; its backward
@@ -513,7 +516,6 @@ def make_gspmd_hooks(plan: StatePlan, model: nn.Module
         grads, jax.tree.map(plan.sharding, plan.grad_dims))
 
   model, prepare = with_gather_hooks(model, gather_one, plan)
-  hooks = state_lib.ForwardHooks(prepare=prepare,
-                                 checkpoint=remat_wrapper(plan.config.remat_policy),
-                                 reduce_grads=reduce_grads)
+  hooks = ForwardHooks(prepare=prepare, checkpoint=remat_wrapper(plan.config.remat_policy),
+                       reduce_grads=reduce_grads)
   return model, hooks

@@ -40,11 +40,15 @@ class Collective:
     dtypes: element types of its result(s).
     result_bytes: bytes of its result(s) on one device.
     group_size: devices in each of its replica groups (0 if unknown).
+    replica_groups: the groups of device ids (``()`` if not written in the op).
+    conditional: whether it sits in a branch of a ``conditional`` (runs only when taken).
   """
   kind: str
   dtypes: tuple[str, ...]
   result_bytes: int
   group_size: int
+  replica_groups: tuple[tuple[int, ...], ...] = ()
+  conditional: bool = False
 
   @property
   def traffic_bytes(self) -> float:
@@ -81,10 +85,75 @@ def _group_size(line: str) -> int:
   return 0
 
 
+def replica_groups(line: str) -> tuple[tuple[int, ...], ...]:
+  """Replica groups of an op: ``{{0,1},{2,3}}``, iota ``[G,S]<=[dims]T(perm)`` or
+  ``mesh['a'=2,'b'=4] {'b'}`` (groups along the named axes); ``()`` if absent or empty."""
+  m = re.search(r'replica_groups=\{(\{[0-9,{}]*\})\}', line)
+  if m:
+    return tuple(tuple(int(x) for x in g.split(',') if x)
+                 for g in re.findall(r'\{([0-9,]*)\}', m.group(1)))
+  m = re.search(r'replica_groups=\[([0-9,]+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?', line)
+  if m:
+    shape = [int(x) for x in m.group(1).split(',')]
+    dims = [int(x) for x in m.group(2).split(',')]
+    ids = np.arange(math.prod(dims)).reshape(dims)
+    if m.group(3):
+      ids = ids.transpose([int(x) for x in m.group(3).split(',')])
+    return tuple(tuple(int(x) for x in g) for g in ids.reshape(shape[0], -1))
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(([0-9,]*)\))?\s*\{([^}]*)\}",
+                line)
+  if m:
+    axes = [(k.strip("'"), int(v)) for k, v in re.findall(r"('?[\w]+'?)=(\d+)", m.group(1))]
+    chosen = [a.strip().strip("'") for a in m.group(3).split(',') if a.strip()]
+    ids = np.arange(math.prod(v for _, v in axes)).reshape([v for _, v in axes])
+    if m.group(2):
+      ids = np.asarray([int(x) for x in m.group(2).split(',')]).reshape(ids.shape)
+    names = [k for k, _ in axes]
+    order = [i for i, k in enumerate(names) if k not in chosen] + [names.index(a) for a in chosen]
+    size = math.prod(dict(axes)[a] for a in chosen)
+    return tuple(tuple(int(x) for x in g) for g in ids.transpose(order).reshape(-1, size))
+  return ()
+
+
+_HEADER = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*->.*\{\s*$')
+_CALLEE = re.compile(r'(?:calls|to_apply|body|condition|true_computation|false_computation)='
+                     r'%?([\w.\-]+)')
+
+
+def _branch_computations(lines: list[str]) -> set[str]:
+  """Names of the computations run only inside a branch of a ``conditional`` (transitively)."""
+  callees: dict[str, set[str]] = collections.defaultdict(set)
+  roots, current = set(), None
+  for line in lines:
+    head = _HEADER.match(line)
+    if head:
+      current = head.group(1)
+      continue
+    names = set(_CALLEE.findall(line))
+    branches = re.search(r'branch_computations=\{([^}]*)\}', line)
+    if branches:
+      names |= {b.strip().lstrip('%') for b in branches.group(1).split(',')}
+    if ' conditional(' in line:
+      roots |= names
+    callees[current] |= names
+  seen, todo = set(), list(roots)
+  while todo:
+    name = todo.pop()
+    if name not in seen:
+      seen.add(name)
+      todo.extend(callees.get(name, ()))
+  return seen
+
+
 def collectives(hlo_text: str) -> list[Collective]:
   """Every collective of an HLO module's text (``compiled.as_text()``)."""
   out = []
-  for line in hlo_text.splitlines():
+  lines = hlo_text.splitlines()
+  in_branch, current = _branch_computations(lines), None
+  for line in lines:
+    head = _HEADER.match(line)
+    if head:
+      current = head.group(1)
     line = _COMMENT.sub('', line)  # tuple types carry /*index=5*/ markers
     m = _OP.search(line)
     if not m:
@@ -93,7 +162,8 @@ def collectives(hlo_text: str) -> list[Collective]:
     dtypes = tuple(d for d, _ in shapes)
     nbytes = sum(_DTYPE_BYTES.get(d, 4) * int(np.prod([int(x) for x in dims.split(',') if x]))
                  for d, dims in shapes)
-    out.append(Collective(m.group('kind'), dtypes, nbytes, _group_size(line)))
+    out.append(Collective(m.group('kind'), dtypes, nbytes, _group_size(line),
+                          replica_groups(line), current in in_branch))
   return out
 
 

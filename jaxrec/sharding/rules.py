@@ -17,9 +17,10 @@ are dropped, so one table serves every mesh.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 from jax.sharding import Mesh
 
 MeshAxes = Optional[Union[str, tuple[str, ...]]]
@@ -101,3 +102,14 @@ def logical_to_mesh_axes(names: Sequence[Optional[str]], mesh: Mesh,
   """
   spec = nn.logical_to_mesh_axes(tuple(names), mesh_rules(mesh, rules))
   return tuple(_as_tuple(entry) for entry in tuple(spec) + (None,) * (len(names) - len(spec)))
+
+
+def embedding_mask(boxed_params: Any) -> Any:
+  """True for parameters whose logical axes include 'vocab' (embedding tables).
+
+  ``boxed_params``: parameters still boxed (``nn.LogicallyPartitioned``, or their
+  ``jax.eval_shape``); the result has their tree structure, one bool per parameter.
+  """
+  specs = nn.get_partition_spec(boxed_params)
+  return jax.tree.map(lambda s: s is not None and 'vocab' in tuple(s), specs,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec) or x is None)

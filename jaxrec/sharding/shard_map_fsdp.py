@@ -23,6 +23,8 @@ key is folded with the device's batch index); the verification tests use dropout
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrec.sharding.fsdp import (StatePlan, box_layouts, remat_wrapper, shard_axes, to_pspec,
                                   with_gather_hooks)
-from jaxrec.train import state as state_lib
+from jaxrec.sharding.hooks import LossAndGrad
 
 
 def _explicit_gather_fn(plan: StatePlan):
@@ -72,8 +74,17 @@ def _explicit_gather_fn(plan: StatePlan):
 
 
 def make_shard_map_loss_and_grad(plan: StatePlan, model: nn.Module,
-                                 cfg: state_lib.OptimConfig) -> state_lib.LossAndGrad:
-  """The explicit-collective ``loss_and_grad`` for ``state.make_train_step``.
+                                 regularizer: Callable[[Any], jax.Array],
+                                 features: Callable[[dict], dict]) -> LossAndGrad:
+  """The explicit-collective ``loss_and_grad`` for ``jaxrec.train.state.make_train_step``.
+
+  Args:
+    plan: the state's plan (``fsdp.plan_state``).
+    model: the model (its per-layer gather is set here if it takes one).
+    regularizer: ``params -> scalar`` regularization loss (the trainer passes
+      ``jaxrec.train.state.regularization`` with the plan's mask and its optimizer config); it and
+      its gradient are computed in GSPMD, outside the shard_map.
+    features: ``batch -> model inputs`` (``jaxrec.train.state.features``).
 
   Raises:
     ValueError: a non-batch mesh axis has more than one device (tensor parallelism), or the model
@@ -122,10 +133,9 @@ def make_shard_map_loss_and_grad(plan: StatePlan, model: nn.Module,
                           out_specs=(P(), grad_specs), check_vma=False)
 
   def loss_and_grad(state, batch, dropout_rng):
-    data_loss, grads = sharded(state.params, state_lib.features(batch), batch['label'],
-                               batch['weight'], dropout_rng)
-    reg, reg_grads = jax.value_and_grad(
-        lambda p: state_lib.regularization(p, plan.mask, cfg))(state.params)
+    data_loss, grads = sharded(state.params, features(batch), batch['label'], batch['weight'],
+                               dropout_rng)
+    reg, reg_grads = jax.value_and_grad(regularizer)(state.params)
     grads = jax.tree.map(jnp.add, grads, reg_grads)
     return (data_loss + reg, (data_loss, reg, {})), grads
 

@@ -82,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.embedding.id_check = 'none'  # none | error (an id outside its table stops the run)
   c.embedding.memory_cap_bytes = 0  # per device (0 = no cap): a plan that does not fit is refused
   c.embedding.hosts = 0  # hosts of the (host, local) embedding mesh (0 = one per process)
+  c.embedding.table_wise_below_bytes = 0  # with a type plan: smaller tables stay whole (mixed)
+  # Row-split types send each id only to its shard, in buckets of a static capacity: 0 = auto
+  # (uniform-id expectation + 6 sigma), f > 0 = f x the expected ids per destination; a step
+  # that overflows sends the rest in an exact second pass (jaxrec.sharding.id_buckets).
+  c.embedding.id_capacity_factor = 0.0
   return c
 
 

@@ -13,10 +13,9 @@ from jaxrec.data.datasets import read_split_file
 from jaxrec.data.schema import FeatureSchema
 from jaxrec.errors import RunDirError
 from jaxrec.train import state as state_lib
+from jaxrec.train import reshard
 from jaxrec.train.checkpoint import RunCheckpoints
-from jaxrec.sharding.embedding_plan import EmbeddingPlan
-from jaxrec.train.loop import PLAN_FILE, evaluate, make_model, optim_config
-from jaxrec.train.table_trainer import TableShardedTrainer
+from jaxrec.train.loop import evaluate, make_model, optim_config
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -36,52 +35,33 @@ def load_dataset_state(workdir: str) -> dict:
 
 
 def restore_for_inference(workdir: str, checkpoint: str = 'best'):
-  """Returns (config, model, state, dataset_state) of a run, with the ``checkpoint`` weights."""
+  """Returns (config, model, state, dataset_state) of a run, with the ``checkpoint`` weights.
+
+  The state is the unsharded model's (its own parameter tree, host arrays), read on any number of
+  devices whatever mesh, embedding plan or FSDP padding the run trained with
+  (``jaxrec.train.reshard``); its optimizer states are dropped.
+  """
   config = load_run_config(workdir)
   data_state = load_dataset_state(workdir)
   schema = FeatureSchema.from_dict(data_state['schema'])
   model = make_model(config, schema)
   tx = state_lib.make_optimizer(optim_config(config))
+  run = reshard.RunModel(model, schema, tx, _dummy_batch(schema), config.seed)
   emb = config.get('embedding') or {}
-  trainer = None
-  if emb.get('plan', 'none') != 'none':
-    trainer = _table_trainer(workdir, config, model, schema, tx)
-    abstract = trainer.init_state()[0]
-  else:
-    abstract = jax.eval_shape(lambda: state_lib.create_train_state(
-        model, _dummy_batch(schema), tx, config.seed)[0])
   ckpts = RunCheckpoints(workdir, read_only=True)
   try:
-    restored = ckpts.restore(checkpoint, abstract)
+    if ckpts.latest_step(checkpoint) is None:
+      raise RunDirError(f'{workdir}/checkpoints/{checkpoint} holds no checkpoint yet')
+    layout = reshard.saved_layout(ckpts, checkpoint, workdir)
+    if emb.get('plan', 'none') != 'none' and not layout:  # a checkpoint older than records
+      raise RunDirError(f'{os.path.join(workdir, reshard.PLAN_FILE)} not found: a run with '
+                        f'config.embedding.plan={emb["plan"]!r} stores its resolved plan there')
+    restored = reshard.read_unsharded(ckpts, checkpoint, run, layout,
+                                      emb.get('optimizer', 'dense'))
   finally:
     ckpts.close()
-  if restored is None:
-    raise RunDirError(f'{workdir}/checkpoints/{checkpoint} holds no checkpoint yet')
-  state = restored[0]
-  if trainer is not None:  # the model's own (unsharded) parameter tree
-    state = state.replace(params=trainer.merge_params(jax.device_get(state.params)),
-                          opt_state=None, table_opt_state=None)
+  state = restored[0].replace(opt_state=None, table_opt_state=None)
   return config, model, state, data_state
-
-
-def _table_trainer(workdir: str, config, model, schema, tx) -> TableShardedTrainer:
-  """The trainer of a run with sharded tables, on as many devices as it was trained on."""
-  path = os.path.join(workdir, PLAN_FILE)
-  if not os.path.isfile(path):
-    raise RunDirError(f'{path} not found: a run with config.embedding.plan='
-                      f'{config.embedding.plan!r} stores its resolved plan there')
-  with open(path, encoding='utf-8') as f:
-    plan = EmbeddingPlan.from_json(f.read())
-  if jax.device_count() != plan.num_devices:
-    raise RunDirError(f'{workdir} keeps its tables sharded over {plan.num_devices} devices; '
-                      f'evaluate it on {plan.num_devices} devices (on CPU: --cpu_devices='
-                      f'{plan.num_devices}), this process has {jax.device_count()}')
-  e = config.embedding
-  example = _dummy_batch(schema)
-  example = {k: v.repeat(plan.num_devices, axis=0) for k, v in example.items()}
-  return TableShardedTrainer(model, schema, tx, optim_config(config), example, path,
-                             optimizer=e.optimizer, table_learning_rate=e.learning_rate,
-                             hosts=plan.num_hosts, seed=config.seed)
 
 
 def _dummy_batch(schema: FeatureSchema) -> dict:

@@ -31,17 +31,18 @@ from jaxrec.data.dataset import CTRSource, num_batches
 from jaxrec.data.datasets import LoadedDataset, load_dataset
 from jaxrec.errors import ConfigError, RunDirError
 from jaxrec.models import build_model
-from jaxrec.sharding.data import gather_rows
-from jaxrec.sharding.trainer import ShardedTrainer
+from jaxrec.train.host_data import gather_rows
+from jaxrec.train.sharded_trainer import ShardedTrainer
 from jaxrec.train.table_trainer import TableShardedTrainer
 from jaxrec.train import state as state_lib
 from jaxrec.train import run_config
 from jaxrec.train.checkpoint import RunCheckpoints
+from jaxrec.train import reshard
 from jaxrec.train.config import base_config, chosen_dataset_options
 from jaxrec.train.metrics import ctr_metrics
 from jaxrec.train.writers import MetricWriter
 
-PLAN_FILE = 'embedding_plan.json'  # the resolved plan of a run with sharded tables
+PLAN_FILE = reshard.PLAN_FILE  # the resolved plan of a run with sharded tables
 MONITORS = ('auc', 'logloss', 'auc-logloss')
 
 
@@ -183,8 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state, _ = trainer.init_state()
   meta = _initial_meta()
   restored = best = None
+  run = reshard.RunModel(model, data.schema, tx, example, config.seed)
   if start.source is not None:
-    restored, best = _restore(start.source, state, with_best=fork_from is not None)
+    restored, best = _restore(start.source, state, trainer, run, with_best=fork_from is not None)
     state, meta = restored
 
   # Validated: from here on the workdir is written.
@@ -198,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     path = os.path.join(workdir, name)
     if run_config.read_json(path) != obj:
       _write_json(path, obj)
-  ckpts = RunCheckpoints(workdir)
+  ckpts = RunCheckpoints(workdir, layout=reshard.layout_record(trainer))
   if fork_from is not None:
     ckpts.save('latest', int(state.step), state, meta)
     if best is not None:
@@ -249,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       meta = _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts)
       state = trainer.set_learning_rate(state, meta['lr'])
       ckpts.save('latest', int(state.step), state, meta)
-    results = _final_evaluation(config, eval_step, state, splits, meta, ckpts,
+    restore_best = lambda: reshard.restore_state(ckpts, 'best', trainer, state, run, workdir)
+    results = _final_evaluation(config, eval_step, state, splits, meta, restore_best,
                                 getattr(data.splits['valid'], 'teacher_logit', None))
     writer.write(int(state.step), 'final', {f'{s}_{k}': v for s, d in results.items()
                                             if isinstance(d, dict) for k, v in d.items()})
@@ -260,13 +263,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     ckpts.close()
 
 
-def _restore(source: str, state, with_best: bool = False):
+def _restore(source: str, state, trainer, run: reshard.RunModel, with_best: bool = False):
   """(latest, best) checkpoints of run directory ``source`` as (state, meta) pairs, read without
-  writing; best is None unless ``with_best`` and there is one."""
+  writing and placed for ``trainer`` (converted when they were saved on another mesh or plan,
+  ``jaxrec.train.reshard``); best is None unless ``with_best`` and there is one."""
   ckpts = RunCheckpoints(source, read_only=True)
   try:
-    latest = ckpts.restore('latest', state)
-    best = ckpts.restore('best', state) if with_best else None
+    latest = reshard.restore_state(ckpts, 'latest', trainer, state, run, source)
+    best = (reshard.restore_state(ckpts, 'best', trainer, state, run, source) if with_best
+            else None)
   except (ValueError, TypeError, KeyError) as e:
     raise RunDirError(f'the checkpoint in {source} does not fit the model of this config '
                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
@@ -309,14 +314,15 @@ def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
   return meta
 
 
-def _final_evaluation(config, eval_step, state, splits, meta, ckpts, bayes_logit=None) -> dict:
+def _final_evaluation(config, eval_step, state, splits, meta, restore_best,
+                      bayes_logit=None) -> dict:
   """Restores the best checkpoint and scores valid (and test when present).
 
   ``bayes_logit(batch)``, when the data has one (the synthetic generator's ``teacher_logit``),
   is scored on the same rows as ``bayes_optimal_valid`` / ``bayes_optimal_test``: the best any
   model can reach.
   """
-  best = ckpts.restore('best', state)
+  best = restore_best()
   if best is None:
     raise RuntimeError('training ended without a best checkpoint (no epoch was evaluated)')
   best_state, best_meta = best

@@ -11,6 +11,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+# The sharding code's hooks and the embedding mask live below the trainer (jaxrec.sharding never
+# imports jaxrec.train); they are part of this module's interface too.
+from jaxrec.sharding.hooks import ForwardHooks, LossAndGrad
+from jaxrec.sharding.rules import embedding_mask
+
 PyTree = Any
 
 
@@ -83,13 +88,6 @@ def set_learning_rate(state: TrainState, lr: float) -> TrainState:
   return state.replace(opt_state=(clip, _with_lr(adam, lr)))
 
 
-def embedding_mask(boxed_params: PyTree) -> PyTree:
-  """True for parameters whose logical axes include 'vocab' (embedding tables)."""
-  specs = nn.get_partition_spec(boxed_params)
-  return jax.tree.map(lambda s: s is not None and 'vocab' in tuple(s), specs,
-                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec) or x is None)
-
-
 def init_boxed_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
                      seed: int) -> TrainState:
   """The initial state with parameters (and the optimizer state built on them) still boxed.
@@ -138,38 +136,6 @@ def regularization(params: PyTree, mask: PyTree, cfg: OptimConfig) -> jnp.ndarra
     if lam:
       total = total + (lam / 2.0) * jnp.sum(jnp.square(p.astype(jnp.float32)))
   return total
-
-
-def _identity(x):
-  return x
-
-
-def _no_prepare(params, feats):
-  return params, feats
-
-
-@dataclasses.dataclass(frozen=True)
-class ForwardHooks:
-  """Where the sharding code plugs into the forward and backward pass; the defaults change nothing.
-
-  Attributes:
-    cast_params: state params -> the params that are differentiated (outside the forward pass,
-      e.g. a cast to a low-precision dtype; the gradients come back in that dtype and layout).
-    prepare: ``(params, features) -> (params, features)`` at the start of the forward pass, inside
-      the rematerialised region (e.g. the FSDP all-gather of parameter shards, casting float
-      inputs).
-    checkpoint: forward function -> forward function (e.g. ``jax.checkpoint`` with a policy).
-    reduce_grads: gradients -> the gradients the optimizer sees (e.g. cast to the reduction dtype,
-      constrain to the sharded layout, cast back to the parameters' dtype).
-  """
-  cast_params: Callable[[PyTree], PyTree] = _identity
-  prepare: Callable[[PyTree, dict], tuple[PyTree, dict]] = _no_prepare
-  checkpoint: Callable[[Callable], Callable] = _identity
-  reduce_grads: Callable[[PyTree], PyTree] = _identity
-
-
-# (state, batch, dropout_rng) -> ((loss, (data_loss, reg_loss, new_batch_stats)), grads).
-LossAndGrad = Callable[[TrainState, dict, jax.Array], tuple[tuple[jax.Array, tuple], PyTree]]
 
 
 def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,

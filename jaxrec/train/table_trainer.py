@@ -25,6 +25,9 @@ State layout (``TrainState``):
 
 Plans (``config.embedding.plan``): ``none``; one sharding type for every table whose shape allows
 it (``resolve_plan``); or a JSON plan file (``EmbeddingPlan.from_json``).
+
+Checkpoints hold the state in this layout and record the plan; a run on another device count or
+plan restores them through the unsharded form (``jaxrec.train.reshard``).
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ from jaxrec.errors import ConfigError
 from jaxrec.embeddings.sparse_optim import KINDS as SPARSE_KINDS
 from jaxrec.embeddings.sparse_optim import SparseOptimizer
 from jaxrec.layers.embedding import EMBEDDED
-from jaxrec.sharding import data as data_lib
 from jaxrec.sharding.embedding_plan import SHARDING_TYPES, EmbeddingPlan, TableSharding
 from jaxrec.sharding.embedding_shard import AXES, ShardedEmbeddingBagCollection, embedding_mesh
+from jaxrec.train import host_data as data_lib
 from jaxrec.train import state as state_lib
 
 PLANS = ('none',) + SHARDING_TYPES
@@ -114,11 +117,12 @@ def _allows(kind: str, cfg: EmbeddingBagConfig, num_hosts: int) -> bool:
 
 
 def resolve_plan(kind: str, tables: Sequence[EmbeddingBagConfig], num_hosts: int, per_host: int,
-                 memory_cap_bytes: int = 0) -> EmbeddingPlan:
+                 memory_cap_bytes: int = 0, table_wise_below_bytes: int = 0) -> EmbeddingPlan:
   """Every table gets ``kind`` where its shape allows it, the others ``table_wise``.
 
   Shape rules: column-split types split the columns in two halves (an even ``embedding_dim``);
-  grid needs two hosts; row-split types fit any table. Placement of
+  grid needs two hosts; row-split types fit any table. Tables smaller than
+  ``table_wise_below_bytes`` stay whole (``table_wise``) too: a mixed plan. Placement of
   whole tables and column shards: tables in decreasing size, each shard to the least loaded
   device in bytes (ties: lowest index), the two column halves of a ``table_column_wise`` table on
   the two least loaded devices of the least loaded host; ``table_row_wise`` to the least loaded
@@ -138,7 +142,8 @@ def resolve_plan(kind: str, tables: Sequence[EmbeddingBagConfig], num_hosts: int
     return sorted(devices, key=lambda d: (load[d], d))[:k]
 
   for t in sorted(tables, key=lambda t: (-t.num_bytes, t.name)):
-    k = kind if _allows(kind, t, num_hosts) else 'table_wise'
+    small = t.num_bytes < table_wise_below_bytes  # a mixed plan: small tables whole
+    k = kind if _allows(kind, t, num_hosts) and not small else 'table_wise'
     b = t.num_bytes
     if k == 'table_wise':
       (d,) = least(range(n), 1)
@@ -174,10 +179,11 @@ def resolve_plan(kind: str, tables: Sequence[EmbeddingBagConfig], num_hosts: int
 
 
 def load_plan(spec: str, tables: Sequence[EmbeddingBagConfig], num_hosts: int, per_host: int,
-              memory_cap_bytes: int = 0) -> EmbeddingPlan:
+              memory_cap_bytes: int = 0, table_wise_below_bytes: int = 0) -> EmbeddingPlan:
   """``config.embedding.plan`` -> a validated ``EmbeddingPlan`` (see the module docstring)."""
   if spec in SHARDING_TYPES:
-    plan = resolve_plan(spec, tables, num_hosts, per_host, memory_cap_bytes)
+    plan = resolve_plan(spec, tables, num_hosts, per_host, memory_cap_bytes,
+                        table_wise_below_bytes)
   elif spec.endswith('.json') or os.path.sep in spec:
     if not os.path.isfile(spec):
       raise EmbeddingConfigError(f'config.embedding.plan: plan file {spec!r} not found')
@@ -222,7 +228,7 @@ def _zeros_like_batch(batch: dict) -> dict:
 class TableShardedTrainer:
   """Train / eval steps of ``model`` with its tables sharded by ``plan`` (module docstring).
 
-  The interface is ``ShardedTrainer``'s (``jaxrec.sharding.trainer``), so the loop runs either.
+  The interface is ``ShardedTrainer``'s (``jaxrec.train.sharded_trainer``), so the loop runs either.
 
   Attributes:
     plan: the validated ``EmbeddingPlan``.
@@ -233,7 +239,8 @@ class TableShardedTrainer:
   def __init__(self, model: nn.Module, schema: FeatureSchema, tx: optax.GradientTransformation,
                optim: state_lib.OptimConfig, example_batch: dict, plan_spec: str, *,
                optimizer: str = 'dense', table_learning_rate: float = 0.0, id_check: str = 'none',
-               memory_cap_bytes: int = 0, hosts: int = 0, seed: int = 0):
+               memory_cap_bytes: int = 0, hosts: int = 0, seed: int = 0,
+               id_capacity_factor: float = 0.0, table_wise_below_bytes: int = 0):
     if optimizer not in OPTIMIZERS:
       raise EmbeddingConfigError(f'config.embedding.optimizer must be one of {OPTIMIZERS}, got '
                                  f'{optimizer!r}')
@@ -255,7 +262,8 @@ class TableShardedTrainer:
     self.tables = model_tables(boxed.params, schema)
     configs = [t.config for t in self.tables]
     hosts, per_host = mesh_shape(hosts, jax.device_count())
-    self.plan = load_plan(plan_spec, configs, hosts, per_host, memory_cap_bytes)
+    self.plan = load_plan(plan_spec, configs, hosts, per_host, memory_cap_bytes,
+                          table_wise_below_bytes)
     self.mesh = embedding_mesh(self.plan)
     # Dense optimizer: data_parallel tables stay whole (replicated), the rest go to buffers.
     self._replicated = [] if self.sparse else [
@@ -268,7 +276,8 @@ class TableShardedTrainer:
       sub = EmbeddingPlan({c.name: self.plan.tables[c.name] for c in sharded}, hosts, per_host,
                           self.plan.memory_cap_bytes)
       # Ids are checked on the host before each step (``_host_check``), not inside the lookup.
-      self.ebc = ShardedEmbeddingBagCollection(sharded, sub, self.mesh)
+      self.ebc = ShardedEmbeddingBagCollection(sharded, sub, self.mesh,
+                                               id_capacity_factor=id_capacity_factor)
     self._id_check = id_check
     base_lr = table_learning_rate or optim.learning_rate
     self._table_lr_ratio = base_lr / optim.learning_rate
@@ -292,7 +301,9 @@ class TableShardedTrainer:
           'supported yet: sharded tables train with replicated dense parameters (NO_SHARD)')
     return cls(model, schema, tx, optim, example_batch, e.plan, optimizer=e.optimizer,
                table_learning_rate=e.learning_rate, id_check=e.id_check,
-               memory_cap_bytes=e.memory_cap_bytes, hosts=e.get('hosts', 0), seed=config.seed)
+               memory_cap_bytes=e.memory_cap_bytes, hosts=e.get('hosts', 0), seed=config.seed,
+               id_capacity_factor=e.get('id_capacity_factor', 0.0),
+               table_wise_below_bytes=e.get('table_wise_below_bytes', 0))
 
   def describe(self, batch_size: int) -> str:
     """The printed plan: per device, its shards and bytes."""
@@ -325,9 +336,16 @@ class TableShardedTrainer:
             'replicated': jax.tree.map(lambda _: True, params['replicated'])}
 
   def _initial_state(self) -> state_lib.TrainState:
-    # The unsharded initial state (the same numbers as the unsharded run), split and placed.
-    state, _ = state_lib.create_train_state(self._model, self._example, self._tx, self._seed)
-    return self.place_params(state.params, state)
+    # The unsharded run's initial parameters (the same keys as state_lib.init_boxed_state), split
+    # and placed; the optimizer state is built on the split parameters only (no whole-table Adam
+    # slots for a sparse optimizer).
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(self._seed))
+    variables = nn.meta.unbox(self._model.init({'params': init_rng, 'dropout': init_rng},
+                                               self._example, train=False))
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=None,
+                                 batch_stats=variables.get('batch_stats', {}), opt_state=None,
+                                 rng=state_rng)
+    return self.place_params(variables['params'], state)
 
   def place_params(self, params: dict, state: state_lib.TrainState) -> state_lib.TrainState:
     """A fresh optimizer state for ``params`` (the model's unsharded tree), split and placed."""
@@ -337,7 +355,7 @@ class TableShardedTrainer:
     rep = self._replicated_sharding
     if self.sparse:
       opt_state = self._tx.init(split['model'])
-      table_opt = {'lr': jnp.float32(self._sparse_opt.learning_rate),
+      table_opt = {'lr': jax.device_put(jnp.float32(self._sparse_opt.learning_rate), rep),
                    'tables': self.ebc.init_states(self._sparse_opt, split['tables'])}
     else:
       opt_state = self._tx.init(split)
@@ -459,6 +477,11 @@ class TableShardedTrainer:
     self._set_lr = jax.jit(set_lr, donate_argnums=0)
 
   # ---- the loop's interface ----------------------------------------------------------------------
+  @property
+  def optimizer(self) -> str:
+    """``config.embedding.optimizer``: ``'dense'`` or the sparse optimizer's kind."""
+    return self._sparse_opt.kind if self.sparse else 'dense'
+
   @property
   def batch_divisor(self) -> int:
     return self.plan.num_devices

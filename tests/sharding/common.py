@@ -6,7 +6,7 @@ import numpy as np
 from jaxrec.data.schema import one_hot_schema
 from jaxrec.sharding.fsdp import ShardingConfig
 from jaxrec.sharding.mesh import make_hierarchical_mesh, make_mesh
-from jaxrec.sharding.trainer import ShardedTrainer
+from jaxrec.train.sharded_trainer import ShardedTrainer
 from jaxrec.train import state as state_lib
 
 # Vocabularies divisible by 8, so FULL_SHARD over 8 devices needs no fallback.

@@ -6,7 +6,7 @@ import pytest
 
 from jaxrec.data.dataset import ArrayDataset
 from jaxrec.data.synthetic import SyntheticConfig, make_splits
-from jaxrec.sharding import data as data_lib
+from jaxrec.train import host_data as data_lib
 from jaxrec.sharding import distributed
 from tests.sharding import common
 

@@ -42,3 +42,18 @@ def test_all_gather_and_group_size_parsing():
   assert (rs.kind, rs.dtypes, rs.result_bytes, rs.group_size) == ('reduce-scatter', ('bf16',), 16, 4)
   assert ag.traffic_bytes == pytest.approx(96.0)
   assert rs.traffic_bytes == pytest.approx(48.0)
+
+
+def test_replica_groups_parsing():
+  line = '%a = f32[4]{0} all-to-all(%p), replica_groups={{0,4},{1,5},{2,6},{3,7}}, dimensions={0}'
+  assert hlo.replica_groups(line) == ((0, 4), (1, 5), (2, 6), (3, 7))
+  assert hlo.replica_groups('replica_groups=[2,4]<=[8], x') == ((0, 1, 2, 3), (4, 5, 6, 7))
+  assert hlo.replica_groups('replica_groups=[4,2]<=[2,4]T(1,0), x') == ((0, 4), (1, 5), (2, 6),
+                                                                         (3, 7))
+  mesh = "replica_groups=mesh['h'=2,'l'=4] {'h'}, use_global_device_ids=true"
+  assert hlo.replica_groups(mesh) == ((0, 4), (1, 5), (2, 6), (3, 7))
+  assert hlo.replica_groups("replica_groups=mesh['h'=2,'l'=4] {'l'}") == ((0, 1, 2, 3),
+                                                                          (4, 5, 6, 7))
+  (op,) = hlo.collectives('  %rs = f32[2]{0} reduce-scatter(%q), replica_groups=[2,4]<=[8], '
+                          'dimensions={0}, to_apply=%add\n')
+  assert op.replica_groups == ((0, 1, 2, 3), (4, 5, 6, 7)) and op.group_size == 4

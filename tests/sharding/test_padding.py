@@ -14,7 +14,7 @@ from jaxrec.models.transformer import FieldTransformer
 from jaxrec.sharding import padding
 from jaxrec.sharding.fsdp import ShardingConfig, plan_state
 from jaxrec.sharding.guardrail import check_unsharded
-from jaxrec.sharding.trainer import ShardedTrainer
+from jaxrec.train.sharded_trainer import ShardedTrainer
 from jaxrec.train import state as state_lib
 from tests.sharding import common
 

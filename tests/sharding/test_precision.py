@@ -11,7 +11,7 @@ import numpy as np
 from jaxrec.models.transformer import FieldTransformer
 from jaxrec.sharding import hlo
 from jaxrec.sharding.fsdp import MixedPrecision, ShardingConfig
-from jaxrec.sharding.trainer import single_device_mesh
+from jaxrec.train.sharded_trainer import single_device_mesh
 from jaxrec.train import state as state_lib
 from tests.sharding import common
 

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrec.models.dcnv2 import DCNv2
 from jaxrec.sharding.fsdp import ShardingConfig
 from jaxrec.sharding.mesh import make_mesh
-from jaxrec.sharding.trainer import ShardedTrainer
+from jaxrec.train.sharded_trainer import ShardedTrainer
 from jaxrec.train import state as state_lib
 from jaxrec.train.checkpoint import RunCheckpoints
 from tests.sharding import common

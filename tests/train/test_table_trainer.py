@@ -230,3 +230,13 @@ def dict_copy(config, **overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def test_small_tables_stay_whole_in_a_mixed_plan():
+  model = build_model('dlrm', SCHEMA, embedding_dim=D, **SMALL['dlrm'])
+  tables = [t.config for t in _sharded(model, 'table_wise').tables]
+  plan = resolve_plan('row_wise', tables, 2, 4, table_wise_below_bytes=23 * D * 4)
+  kinds = {name: s.sharding_type for name, s in plan.tables.items()}
+  # user (23 rows) and item (31) reach the threshold; tags (17) and ctx (5) stay whole.
+  assert kinds == {'embedding/user': 'row_wise', 'embedding/item': 'row_wise',
+                   'embedding/tags': 'table_wise', 'embedding/ctx': 'table_wise'}

@@ -1,20 +1,20 @@
 """The sharded train and eval steps the one trainer (``jaxrec.train.loop``) runs.
 
 ``ShardedTrainer`` ties a mesh and a ``ShardingConfig`` to a model and optimizer: it plans the
-state (``fsdp.plan_state``), runs the unsharded-parameter check, creates the state already
-sharded (``init`` jitted with the plan's ``out_shardings``, so no device ever holds a whole
+state (``jaxrec.sharding.fsdp.plan_state``), runs the unsharded-parameter check, creates the state
+already sharded (``init`` jitted with the plan's ``out_shardings``, so no device ever holds a whole
 FULL_SHARD state), and jits the train / eval steps with the plan's in/out shardings, the logical
 axis rules bound for activation constraints, host offload moves, and the strategy's hooks (GSPMD)
-or the explicit shard_map loss. Batches go in as process-local numpy blocks (``local_source``)
-and come out as global arrays; eval logits come back as this process's rows. Under
-``indivisible='pad'`` the state holds zero-padded parameters and optimizer slots
-(``place_state`` pads, ``unpad_state`` slices them back to the model's shapes).
+or the explicit shard_map loss. Batches go in as process-local numpy blocks (``local_source``) and
+come out as global arrays; eval logits come back as this process's rows. Under
+``indivisible='pad'`` the state holds zero-padded parameters and optimizer slots (``place_state``
+pads, ``unpad_state`` slices them back to the model's shapes).
 
 Example::
 
   mesh = make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1})
   trainer = ShardedTrainer(model, tx, optim_cfg, mesh, ShardingConfig('FULL_SHARD'), batch)
-  state, mask = trainer.init_state(seed=0)
+  state, mask = trainer.init_state()
   state, metrics = trainer.train_step(state, batch)
 """
 
@@ -31,12 +31,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxrec.data.dataset import CTRSource
-from jaxrec.sharding import data as data_lib
 from jaxrec.sharding.fsdp import ShardingConfig, StatePlan, make_gspmd_hooks, plan_state
 from jaxrec.sharding.guardrail import UnshardedReport, check_unsharded
 from jaxrec.sharding.mesh import mesh_from_config
 from jaxrec.sharding.offload import to_device_memory
 from jaxrec.sharding.shard_map_fsdp import make_shard_map_loss_and_grad
+from jaxrec.train import host_data as data_lib
 from jaxrec.train import state as state_lib
 from jaxrec.train.config import base_config
 
@@ -87,7 +87,10 @@ class ShardedTrainer:
     plan, mesh = self.plan, self.mesh
     step_model, hooks = make_gspmd_hooks(plan, self._model)
     if plan.config.implementation == 'shard_map':
-      loss_and_grad = make_shard_map_loss_and_grad(plan, self._model, self._optim)
+      optim = self._optim
+      loss_and_grad = make_shard_map_loss_and_grad(
+          plan, self._model, lambda p: state_lib.regularization(p, plan.mask, optim),
+          state_lib.features)
       rules = ()  # no activation constraints inside shard_map
     else:
       loss_and_grad = state_lib.make_loss_and_grad(step_model, plan.mask, self._optim, hooks)
