@@ -150,8 +150,11 @@ SYNTHETIC_SHORT = ('--config.dataset_options.synthetic.num_train=16384 '
                    '--config.dataset_options.synthetic.num_valid=4096 '
                    '--config.dataset_options.synthetic.num_test=4096')
 FRAPPE_SHORT = '--config.num_epochs=1 --config.batch_size=16384 --config.eval_batch_size=16384'
+# lm_max_length 16: the LM retriever encodes every user and item text (2,625 texts), which
+# dominates the block at the default 128 tokens.
 OPTIRAG_SHORT = ('--config.max_train_samples=16 --config.max_valid_samples=16 '
-                 '--config.max_test_samples=16 --config.gcn.epochs=1 --config.batch_size=8')
+                 '--config.max_test_samples=16 --config.gcn.epochs=1 --config.batch_size=8 '
+                 '--config.lm_max_length=16')
 STUDY_SHORT = ('--thresholds 0,1,inf --timed_thresholds inf --repeats 1 --rows 8 --batch_size 8 '
                '--latency_queries 2')
 FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
