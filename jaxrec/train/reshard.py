@@ -291,7 +291,8 @@ def place(trainer: TableShardedTrainer, state: state_lib.TrainState) -> state_li
   put_rep = lambda x: jax.device_put(x, rep)
 
   def place_split(split):
-    return {'model': jax.tree.map(put_rep, split['model']),
+    return {'model': jax.tree.map(lambda x: jax.device_put(x, trainer.dense_sharding(x)),
+                                  split['model']),
             'tables': {k: jax.device_put(v, buffer_sh[k]) for k, v in split['tables'].items()},
             'replicated': jax.tree.map(put_rep, split['replicated'])}
 
@@ -301,6 +302,9 @@ def place(trainer: TableShardedTrainer, state: state_lib.TrainState) -> state_li
     spec = buffer_sh[key].spec
     return NamedSharding(trainer.mesh, P(*spec[:np.ndim(leaf)]))
 
+  def place_dense(x):  # a sparse optimizer's optax state: over the dense parameters only
+    return jax.device_put(x, trainer.dense_sharding(x))
+
   table_opt = None
   if state.table_opt_state is not None:
     table_opt = {'lr': put_rep(state.table_opt_state['lr']),
@@ -309,7 +313,8 @@ def place(trainer: TableShardedTrainer, state: state_lib.TrainState) -> state_li
   return state.replace(step=put_rep(state.step), rng=put_rep(state.rng),
                        batch_stats=jax.tree.map(put_rep, state.batch_stats),
                        params=place_split(state.params),
-                       opt_state=_map_subtrees(state.opt_state, _is_split, place_split, put_rep),
+                       opt_state=_map_subtrees(state.opt_state, _is_split, place_split,
+                                               place_dense),
                        table_opt_state=table_opt)
 
 

@@ -7,8 +7,8 @@ trainer takes these tables out of the model's parameters, shards them with
 ``ShardedEmbeddingBagCollection`` on the ``(host, local)`` mesh of every device, looks them up
 itself and hands each ``FieldEmbedding`` its ``[B, F, d]`` through the ``EMBEDDED`` variable
 collection; the model code never sees sharding. The batch is split over all devices; the dense
-parameters are replicated (data parallel; FSDP of the dense part beside sharded tables is not
-supported yet and is refused).
+parameters are replicated (``NO_SHARD``) or split over every device (``FULL_SHARD``, GSPMD;
+``dense_sharding``); other strategies are refused.
 
 State layout (``TrainState``):
   * ``params = {'model': dense params, 'tables': {group: buffer}, 'replicated': {table: [R, d]}}``
@@ -62,6 +62,7 @@ from jaxrec.train import state as state_lib
 
 PLANS = ('none',) + SHARDING_TYPES
 OPTIMIZERS = ('dense',) + SPARSE_KINDS
+DENSE_STRATEGIES = ('NO_SHARD', 'FULL_SHARD')  # the dense parameters beside sharded tables
 ID_CHECKS = ('none', 'error')
 
 
@@ -240,7 +241,13 @@ class TableShardedTrainer:
                optim: state_lib.OptimConfig, example_batch: dict, plan_spec: str, *,
                optimizer: str = 'dense', table_learning_rate: float = 0.0, id_check: str = 'none',
                memory_cap_bytes: int = 0, hosts: int = 0, seed: int = 0,
-               id_capacity_factor: float = 0.0, table_wise_below_bytes: int = 0):
+               id_capacity_factor: float = 0.0, table_wise_below_bytes: int = 0,
+               dense_strategy: str = 'NO_SHARD'):
+    if dense_strategy not in DENSE_STRATEGIES:
+      raise EmbeddingConfigError(
+          f'config.sharding.strategy={dense_strategy!r} with sharded tables: one of '
+          f'{DENSE_STRATEGIES} (the dense parameters on the tables\' mesh)')
+    self.dense_strategy = dense_strategy
     if optimizer not in OPTIMIZERS:
       raise EmbeddingConfigError(f'config.embedding.optimizer must be one of {OPTIMIZERS}, got '
                                  f'{optimizer!r}')
@@ -294,16 +301,18 @@ class TableShardedTrainer:
     if e.plan == 'none':
       raise EmbeddingConfigError("config.embedding.plan is 'none': the tables are not sharded "
                                  '(the loop uses ShardedTrainer)')
-    strategy = config.get('sharding', {}).get('strategy', 'NO_SHARD')
-    if strategy != 'NO_SHARD':
+    scfg = config.get('sharding', {})
+    strategy = scfg.get('strategy', 'NO_SHARD')
+    implementation = scfg.get('implementation', 'gspmd')
+    if strategy != 'NO_SHARD' and implementation != 'gspmd':
       raise EmbeddingConfigError(
-          f'config.embedding.plan={e.plan!r} with config.sharding.strategy={strategy!r} is not '
-          'supported yet: sharded tables train with replicated dense parameters (NO_SHARD)')
+          f'config.sharding.implementation={implementation!r} with sharded tables: only gspmd')
     return cls(model, schema, tx, optim, example_batch, e.plan, optimizer=e.optimizer,
                table_learning_rate=e.learning_rate, id_check=e.id_check,
                memory_cap_bytes=e.memory_cap_bytes, hosts=e.get('hosts', 0), seed=config.seed,
                id_capacity_factor=e.get('id_capacity_factor', 0.0),
-               table_wise_below_bytes=e.get('table_wise_below_bytes', 0))
+               table_wise_below_bytes=e.get('table_wise_below_bytes', 0),
+               dense_strategy=strategy)
 
   def describe(self, batch_size: int) -> str:
     """The printed plan: per device, its shards and bytes."""
@@ -347,23 +356,37 @@ class TableShardedTrainer:
                                  rng=state_rng)
     return self.place_params(variables['params'], state)
 
+  def dense_sharding(self, leaf) -> NamedSharding:
+    """Where a dense parameter (or its optimizer slot) lives: replicated (``NO_SHARD``), or under
+    ``FULL_SHARD`` split over every device along its largest dimension that divides the device
+    count (replicated when none does); GSPMD gathers it for the forward pass and reduce-scatters
+    its gradient."""
+    shape = np.shape(leaf)
+    n = self.plan.num_devices
+    if self.dense_strategy == 'NO_SHARD' or not shape:
+      return self._replicated_sharding
+    dims = [i for i in np.argsort(shape)[::-1] if shape[i] % n == 0 and shape[i] >= n]
+    if not dims:
+      return self._replicated_sharding
+    spec = [None] * len(shape)
+    spec[int(dims[0])] = AXES
+    return NamedSharding(self.mesh, P(*spec))
+
   def place_params(self, params: dict, state: state_lib.TrainState) -> state_lib.TrainState:
-    """A fresh optimizer state for ``params`` (the model's unsharded tree), split and placed."""
+    """A fresh optimizer state for ``params`` (the model's unsharded tree), split and placed
+    (``reshard.place``: buffers and their optimizer slots sharded, dense parameters by
+    ``dense_sharding``)."""
+    from jaxrec.train import reshard  # pylint: disable=g-import-not-at-top (reshard imports this)
     split = self._split(params)
-    split['model'] = jax.device_put(split['model'], self._replicated_sharding)
-    split['replicated'] = jax.device_put(split['replicated'], self._replicated_sharding)
-    rep = self._replicated_sharding
     if self.sparse:
       opt_state = self._tx.init(split['model'])
-      table_opt = {'lr': jax.device_put(jnp.float32(self._sparse_opt.learning_rate), rep),
+      table_opt = {'lr': jnp.float32(self._sparse_opt.learning_rate),
                    'tables': self.ebc.init_states(self._sparse_opt, split['tables'])}
     else:
       opt_state = self._tx.init(split)
       table_opt = None
-    return state.replace(params=split, opt_state=jax.device_put(opt_state, rep),
-                         table_opt_state=table_opt,
-                         step=jax.device_put(state.step, rep), rng=jax.device_put(state.rng, rep),
-                         batch_stats=jax.device_put(state.batch_stats, rep))
+    return reshard.place(self, state.replace(params=split, opt_state=opt_state,
+                                             table_opt_state=table_opt))
 
   def init_state(self) -> tuple[state_lib.TrainState, Any]:
     state = self._initial_state()
@@ -472,9 +495,21 @@ class TableShardedTrainer:
         state = state.replace(table_opt_state=dict(state.table_opt_state, lr=table_lr))
       return state
 
-    self._train = jax.jit(train, donate_argnums=0)
+    self._train_fn, self._set_lr_fn, self._jits = train, set_lr, {}
     self._eval = jax.jit(evaluate)
-    self._set_lr = jax.jit(set_lr, donate_argnums=0)
+
+  def _jitted(self, name: str, state) -> Any:
+    """The jitted train step or learning-rate setter, with the state's layout as its output
+    shardings (taken from the first state it sees), so the dense parameters keep their sharding
+    from step to step."""
+    if name not in self._jits:
+      shardings = jax.tree.map(lambda x: x.sharding, state)
+      if name == 'train':
+        out = (shardings, self._replicated_sharding)
+        self._jits[name] = jax.jit(self._train_fn, donate_argnums=0, out_shardings=out)
+      else:
+        self._jits[name] = jax.jit(self._set_lr_fn, donate_argnums=0, out_shardings=shardings)
+    return self._jits[name]
 
   # ---- the loop's interface ----------------------------------------------------------------------
   @property
@@ -503,7 +538,7 @@ class TableShardedTrainer:
   def train_step(self, state: state_lib.TrainState, local_batch: dict):
     self.check_batch_size(len(local_batch['label']) * jax.process_count())
     self._host_check(local_batch)
-    return self._train(state, self.global_batch(local_batch))
+    return self._jitted('train', state)(state, self.global_batch(local_batch))
 
   def eval_step(self, state: state_lib.TrainState, local_batch: dict) -> np.ndarray:
     per_process = self.batch_divisor // jax.process_count()
@@ -512,13 +547,13 @@ class TableShardedTrainer:
     return data_lib.local_rows(self._eval(state, self.global_batch(batch)))[:n]
 
   def set_learning_rate(self, state: state_lib.TrainState, lr: float) -> state_lib.TrainState:
-    return self._set_lr(state, jnp.float32(lr))
+    return self._jitted('set_lr', state)(state, jnp.float32(lr))
 
   def local_source(self, source: CTRSource) -> data_lib.ProcessLocalSource:
     return data_lib.ProcessLocalSource(source)
 
   def lower_train_step(self, state: Any, global_batch: Any) -> jax.stages.Lowered:
-    return self._train.lower(state, global_batch)
+    return self._jitted('train', state).lower(state, global_batch)
 
 
 def plan_summary(trainer: TableShardedTrainer) -> str:

@@ -240,3 +240,32 @@ def test_small_tables_stay_whole_in_a_mixed_plan():
   # user (23 rows) and item (31) reach the threshold; tags (17) and ctx (5) stay whole.
   assert kinds == {'embedding/user': 'row_wise', 'embedding/item': 'row_wise',
                    'embedding/tags': 'table_wise', 'embedding/ctx': 'table_wise'}
+
+
+@pytest.mark.parametrize('optimizer', ['dense', 'rowwise_adagrad'])
+def test_full_shard_dense_parameters_beside_sharded_tables(optimizer):
+  # FULL_SHARD: the dense parameters split over the 8 devices of the tables' mesh (GSPMD gathers
+  # them, reduce-scatters their gradients); the unsharded trajectory at rtol 1e-5.
+  model = build_model('dlrm', SCHEMA, embedding_dim=8, top_mlp_units=(32, 16),
+                      bottom_mlp_units=(16,), activation='tanh')
+  optim = OPTIM if optimizer == 'dense' else state_lib.OptimConfig(learning_rate=0.05,
+                                                                   max_grad_norm=1.0)
+  batches = _batches()
+  tx = state_lib.make_optimizer(optim)
+  trainer = TableShardedTrainer(model, SCHEMA, tx, optim, batches[0], 'table_row_wise',
+                                optimizer=optimizer, table_learning_rate=0.05, hosts=2, seed=3,
+                                dense_strategy='FULL_SHARD')
+  got, state = _losses(trainer, batches)
+  # Every dense array with a dimension divisible by 8 is split 8 ways, not replicated.
+  leaves = jax.tree.leaves(state.params['model'])
+  divisible = [x for x in leaves if any(n % 8 == 0 for n in x.shape)]
+  assert len(divisible) >= 4
+  for x in divisible:
+    assert len({str(s.index) for s in x.addressable_shards}) == 8, (x.shape, x.sharding)
+  if optimizer == 'dense':
+    ref, _ = _unsharded_losses(model, batches, optim)
+  else:
+    ref, _ = _losses(TableShardedTrainer(model, SCHEMA, tx, optim, batches[0], 'table_row_wise',
+                                         optimizer=optimizer, table_learning_rate=0.05, hosts=2,
+                                         seed=3), batches)
+  np.testing.assert_allclose(got, ref, rtol=RTOL)
