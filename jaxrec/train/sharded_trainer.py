@@ -41,12 +41,6 @@ from jaxrec.train import state as state_lib
 from jaxrec.train.config import base_config
 
 
-def _zeros_like_batch(batch: dict) -> dict:
-  """The batch's features as zero arrays (init needs shapes only; identical on every process)."""
-  feats = state_lib.features(batch)
-  return {k: np.zeros(np.shape(v), np.asarray(v).dtype) for k, v in feats.items()}
-
-
 class ShardedTrainer:
   """Sharded state creation and steps for one model, optimizer, mesh and sharding config.
 
@@ -61,7 +55,7 @@ class ShardedTrainer:
                example_batch: dict, seed: int = 0):
     self.mesh = mesh
     self._model, self._tx, self._optim, self._seed = model, tx, optim, seed
-    example = _zeros_like_batch(example_batch)
+    example = state_lib.zero_features(example_batch)
 
     def boxed_init():
       return state_lib.init_boxed_state(model, example, tx, seed)

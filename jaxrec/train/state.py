@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -120,6 +121,11 @@ FEATURE_KEYS = ('sparse', 'dense', 'multi_hot_ids', 'multi_hot_lengths', 'multi_
 def features(batch: dict) -> dict:
   """The model inputs of a batch (drops label and weight)."""
   return {k: batch[k] for k in FEATURE_KEYS if k in batch}
+
+
+def zero_features(batch: dict) -> dict:
+  """The batch's features as zero arrays (init needs shapes only; identical on every process)."""
+  return {k: np.zeros(np.shape(v), np.asarray(v).dtype) for k, v in features(batch).items()}
 
 
 def weighted_bce(logits: jnp.ndarray, labels: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:

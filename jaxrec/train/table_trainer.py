@@ -33,7 +33,6 @@ plan restores them through the unsharded form (``jaxrec.train.reshard``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -48,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrec.data.dataset import CTRSource
 from jaxrec.data.schema import FeatureSchema
-from jaxrec.embeddings.collection import check_ids, pooled_lookup
+from jaxrec.embeddings.collection import ID_CHECKS, check_ids, pooled_lookup
 from jaxrec.embeddings.config import EmbeddingBagConfig
 from jaxrec.embeddings.jagged import KeyedJagged
 from jaxrec.errors import ConfigError
@@ -63,7 +62,6 @@ from jaxrec.train import state as state_lib
 PLANS = ('none',) + SHARDING_TYPES
 OPTIMIZERS = ('dense',) + SPARSE_KINDS
 DENSE_STRATEGIES = ('NO_SHARD', 'FULL_SHARD')  # the dense parameters beside sharded tables
-ID_CHECKS = ('none', 'error')
 
 
 class EmbeddingConfigError(ConfigError):
@@ -221,11 +219,6 @@ def mesh_shape(config_hosts: int, num_devices: int) -> tuple[int, int]:
 
 # ---- the trainer ---------------------------------------------------------------------------------
 
-def _zeros_like_batch(batch: dict) -> dict:
-  feats = state_lib.features(batch)
-  return {k: np.zeros(np.shape(v), np.asarray(v).dtype) for k, v in feats.items()}
-
-
 class TableShardedTrainer:
   """Train / eval steps of ``model`` with its tables sharded by ``plan`` (module docstring).
 
@@ -264,7 +257,7 @@ class TableShardedTrainer:
           f'cannot apply config.embedding_regularizer={optim.embedding_regularizer} (an L2 '
           'penalty on every row); set it to 0 or use optimizer dense')
     self._model, self._schema, self._tx, self._optim, self._seed = model, schema, tx, optim, seed
-    self._example = _zeros_like_batch(example_batch)
+    self._example = state_lib.zero_features(example_batch)
     boxed = jax.eval_shape(lambda: state_lib.init_boxed_state(model, self._example, tx, seed))
     self.tables = model_tables(boxed.params, schema)
     configs = [t.config for t in self.tables]
@@ -555,7 +548,3 @@ class TableShardedTrainer:
   def lower_train_step(self, state: Any, global_batch: Any) -> jax.stages.Lowered:
     return self._jitted('train', state).lower(state, global_batch)
 
-
-def plan_summary(trainer: TableShardedTrainer) -> str:
-  """The plan as JSON (for ``config.json``-like records)."""
-  return json.dumps(trainer.plan.to_dict(), sort_keys=True)

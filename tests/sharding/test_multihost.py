@@ -63,9 +63,10 @@ def _finish(proc, what):
   assert proc.returncode == 0, f'{what} failed:\n{out[-4000:]}'
 
 
-def test_two_processes_match_one(tmp_path):
+def run_two_and_one(tmp_path, config_text: str):
+  """Trains ``config_text`` on 2 processes x 4 devices and on 1 process x 8; their workdirs."""
   config = tmp_path / 'config.py'
-  config.write_text(CONFIG)
+  config.write_text(config_text)
   single, multi = tmp_path / 'single', tmp_path / 'multi'
   address = f'127.0.0.1:{_free_port()}'
   procs = [_start(config, multi, f'--coordinator_address={address}', '--num_processes=2',
@@ -73,7 +74,11 @@ def test_two_processes_match_one(tmp_path):
   procs.append(_start(config, single, '--cpu_devices=8'))
   for i, p in enumerate(procs):
     _finish(p, ['process 0', 'process 1', 'single process'][i])
+  return single, multi
 
+
+def assert_same_run(single, multi):
+  """The multi-process run logged once, with the single process's losses and results (1e-5)."""
   want, got = (read_metrics(str(d / 'metrics.jsonl')) for d in (single, multi))
   train = lambda recs: [r for r in recs if r['split'] == 'train']
   assert [r['step'] for r in train(got)] == [1, 2, 3, 4]  # written once: only by process 0
@@ -84,3 +89,7 @@ def test_two_processes_match_one(tmp_path):
     assert b[split]['rows'] == a[split]['rows'] == 256
     np.testing.assert_allclose([b[split]['auc'], b[split]['logloss']],
                                [a[split]['auc'], a[split]['logloss']], rtol=1e-5)
+
+
+def test_two_processes_match_one(tmp_path):
+  assert_same_run(*run_two_and_one(tmp_path, CONFIG))

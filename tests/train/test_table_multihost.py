@@ -8,11 +8,9 @@ fused row-wise Adagrad; each process reads only its half of every batch.
 
 import json
 
-import numpy as np
 import pytest
 
-from jaxrec.train.writers import read_metrics
-from tests.sharding.test_multihost import _finish, _free_port, _start
+from tests.sharding.test_multihost import assert_same_run, run_two_and_one
 
 CONFIG = '''
 import ml_collections
@@ -43,26 +41,8 @@ def get_config():
 
 @pytest.mark.slow
 def test_two_processes_with_table_row_wise_match_one(tmp_path):
-  config = tmp_path / 'config.py'
-  config.write_text(CONFIG)
-  single, multi = tmp_path / 'single', tmp_path / 'multi'
-  address = f'127.0.0.1:{_free_port()}'
-  procs = [_start(config, multi, f'--coordinator_address={address}', '--num_processes=2',
-                  f'--process_id={i}', '--cpu_devices=4') for i in range(2)]
-  procs.append(_start(config, single, '--cpu_devices=8'))
-  for i, p in enumerate(procs):
-    _finish(p, ['process 0', 'process 1', 'single process'][i])
-
-  want, got = (read_metrics(str(d / 'metrics.jsonl')) for d in (single, multi))
-  train = lambda recs: [r for r in recs if r['split'] == 'train']
-  assert [r['step'] for r in train(got)] == [1, 2, 3, 4]  # written once: only by process 0
-  np.testing.assert_allclose([r['loss'] for r in train(got)], [r['loss'] for r in train(want)],
-                             rtol=1e-5)
+  single, multi = run_two_and_one(tmp_path, CONFIG)
+  assert_same_run(single, multi)
   plan = json.loads((multi / 'embedding_plan.json').read_text())
   assert plan['num_hosts'] == 2 and plan['devices_per_host'] == 4
   assert {t['type'] for t in plan['tables'].values()} == {'table_row_wise'}
-  a, b = (json.loads((d / 'results.json').read_text()) for d in (single, multi))
-  for split in ('valid', 'test'):
-    assert b[split]['rows'] == a[split]['rows'] == 256
-    np.testing.assert_allclose([b[split]['auc'], b[split]['logloss']],
-                               [a[split]['auc'], a[split]['logloss']], rtol=1e-5)
