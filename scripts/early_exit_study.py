@@ -6,7 +6,7 @@
 For every run of scripts/train_optirag.py and every threshold: the policy of
 :func:`jaxrec.layers.exit_heads.exits_at` on the stored full-depth test margins gives AUC,
 logloss and the mean exit layer (all test rows); the layer-by-layer serving path
-(:class:`jaxrec.models.optirag.EarlyExitServer`) serves the first ``--rows`` test prompts in
+(:class:`jaxrec.serving.early_exit.EarlyExitServer`) serves the first ``--rows`` test prompts in
 batches of ``--batch_size`` requests, timed (median of ``--repeats``) against the full-depth model
 (one jitted pass, last head), and its predictions are checked against the simulated policy. The
 threshold chosen on validation is the one with the fewest mean layers whose valid AUC is within
@@ -23,58 +23,25 @@ import csv
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import numpy as np
-from flax import serialization
 
-from jaxrec.layers.bert import BertConfig
 from jaxrec.layers.exit_heads import exits_at
 from jaxrec.models import optirag
+from jaxrec.serving.bundle import load_run
+from jaxrec.serving.early_exit import EarlyExitServer
+from jaxrec.serving.timing import alternating_times
 from jaxrec.train.metrics import auc, logloss_from_logits
 
 THRESHOLDS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, float('inf'))
 
 
-def load_run(workdir: str):
-  with open(os.path.join(workdir, 'results.json')) as f:
-    results = json.load(f)
-  margins = dict(np.load(os.path.join(workdir, 'margins.npz')))
-  if 'bert_config' in results:  # another encoder than all-MiniLM-L6-v2 (e.g. a test's)
-    config = BertConfig(**{**results['bert_config'], 'dropout_rate': 0.0})
-  else:
-    from jaxrec.layers.bert import minilm_dir
-    config = dataclasses.replace(BertConfig.from_hf_json(minilm_dir() / 'config.json'),
-                                 dropout_rate=0.0)
-  model = optirag.OptiRAGCTR(config, results['config']['head_hidden'])
-  with open(os.path.join(workdir, 'params.msgpack'), 'rb') as f:
-    params = serialization.msgpack_restore(f.read())
-  shapes = jax.tree.map(lambda x: x.shape, optirag.param_shapes(model))
-  if jax.tree.map(np.shape, params) != shapes:
-    raise ValueError(f'{workdir}/params.msgpack does not match the model of results.json')
-  return results, margins, config, params
-
-
 def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float, float]:
-  """Medians over ``repeats`` alternating runs (after one warm-up run of each, which compiles)
-  of ``fn_a()`` and ``fn_b()``: ``(wall_a, wall_b, cpu_a, cpu_b)`` seconds.
-
-  Alternating lets both see the same machine load. ``cpu`` is this process's CPU time (every
-  thread, XLA's pool included): the compute a call used, which other jobs on a shared machine
-  disturb far less than its wall-clock time.
-  """
-  fn_a()
-  fn_b()
-  times = []
-  for _ in range(repeats):
-    row = []
-    for fn in (fn_a, fn_b):
-      t, c = time.perf_counter(), time.process_time()
-      fn()
-      row += [time.perf_counter() - t, time.process_time() - c]
-    times.append((row[0], row[2], row[1], row[3]))
-  return tuple(float(x) for x in np.median(np.array(times), axis=0))
+  """:func:`jaxrec.serving.timing.alternating_times` of two functions: ``(wall_a, wall_b, cpu_a,
+  cpu_b)`` seconds."""
+  wall, cpu = alternating_times([fn_a, fn_b], repeats)
+  return float(wall[0]), float(wall[1]), float(cpu[0]), float(cpu[1])
 
 
 def sweep(margins: np.ndarray, labels: np.ndarray, thresholds, agree: int) -> list[dict]:
@@ -111,7 +78,7 @@ def study_run(workdir: str, a, label: str = '') -> tuple[list[dict], dict]:
   mask = z['test_attention_mask'][:a.rows]
   bs = a.batch_size
   full_fn = jax.jit(lambda p, i, m: optirag.full_depth_margins(config, p, i, m)[-1])
-  server = optirag.EarlyExitServer(config, params, a.bucket)
+  server = EarlyExitServer(config, params, a.bucket)
   full_rps = []
   for r in sweep(test_m, test_y, a.thresholds, a.agree):
     th = r['threshold']

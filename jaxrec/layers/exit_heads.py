@@ -16,7 +16,9 @@ head's confidence (the log of the Yes/No score ratio).
 Exit policy (:func:`exits_at`): a sample leaves at the first layer ``l`` that is allowed
 (``l >= min_layer`` and ``l >= agree``) whose margin is confident (``|m_l| >= threshold``) and
 whose answer (``m > 0``: Yes) equals that of the ``agree`` heads before it; the last layer always
-answers. The prediction is the margin of the exit layer.
+answers. The prediction is the margin of the exit layer. :func:`exit_now` is the decision at one
+layer in numpy (a host loop); :func:`device_exit_now` is the same decision in ``jnp`` with static
+shapes and traced layer / policy (inside a jitted loop over layers).
 
 Logical axes: ``('layers', 'embed')`` for the pooling query, ``('layers', 'mlp_in', 'mlp')`` /
 ``('layers', 'mlp')`` for the hidden layer, ``('layers', 'mlp', 'mlp_out')`` /
@@ -145,6 +147,32 @@ def exit_now(margin: np.ndarray, previous: np.ndarray, layer: int, num_layers: i
   for prev in previous[len(previous) - agree:]:
     ok &= (prev > 0) == yes
   return ok
+
+
+def device_exit_now(margin: jax.Array, history: jax.Array, layer, threshold, agree=1,
+                    min_layer=0) -> jax.Array:
+  """:func:`exit_now` in ``jnp``, for a decision inside a jitted loop over layers.
+
+  Args:
+    margin: this layer's Yes/No margins ``[n]``.
+    history: margins of every layer ``[L, n]`` for the same samples; only rows
+      ``layer - agree .. layer - 1`` are read (the others may hold anything), so its shape does
+      not depend on ``layer``.
+    layer: this layer (0-based, may be traced); at ``L - 1`` every sample exits.
+    threshold, agree, min_layer: as :func:`exit_now` (may be traced; ``threshold`` is compared
+      in the margins' dtype, as numpy compares a float32 array with a Python float).
+
+  Returns:
+    ``bool [n]``, equal to :func:`exit_now` on the same margins.
+  """
+  L = history.shape[0]
+  j = jnp.arange(L)[:, None]
+  window = (j >= layer - agree) & (j < layer)  # [L, 1]: the agree heads before this one
+  same = ((history > 0) == (margin > 0)) | ~window  # [L, n]
+  allowed = layer >= jnp.maximum(min_layer, agree)
+  threshold = jnp.asarray(threshold, margin.dtype)
+  ok = allowed & (jnp.abs(margin) >= threshold) & jnp.all(same, axis=0)
+  return ok | (layer == L - 1)
 
 
 def exits_at(margins: np.ndarray, threshold: float, agree: int = 1,

@@ -11,10 +11,9 @@ values, so their hidden states are computed once (:func:`frozen_states`) and the
 the upper layers; :func:`make_optimizer` gives the upper layers AdamW and the heads Adam with a
 larger learning rate for shallower heads, combined with ``optax.multi_transform``.
 
-Serving (:class:`EarlyExitServer`): runs the encoder one layer at a time on the samples still
-running; after each layer the samples whose head is confident and agrees with the previous
-head(s) (:func:`jaxrec.layers.exit_heads.exit_now`) leave the batch, so later layers run on fewer
-rows. :func:`full_depth_margins` is the full-depth reference (one jitted pass).
+:func:`full_depth_margins` is the full-depth reference (one jitted pass); the early-exit servers,
+which run later layers only on the samples still running, are in :mod:`jaxrec.serving.early_exit`
+(they use :func:`embed` and :func:`run_layer`).
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ import numpy as np
 import optax
 
 from jaxrec.layers.bert import BertConfig, BertEmbeddings, BertEncoder, BertLayer
-from jaxrec.layers.exit_heads import (ExitHeads, apply_heads, exit_now, head_forward,
-                                      select_head, yes_no_margin)
+from jaxrec.layers.exit_heads import ExitHeads, apply_heads, yes_no_margin
 
 PyTree = Any
 
@@ -237,82 +235,6 @@ def make_train_step(config: BertConfig, tx: optax.GradientTransformation, frozen
     return optax.apply_updates(trainable, updates), opt_state, loss, per
 
   return step
-
-
-# ------------------------------------------------------------------------------------ serving
-
-
-def bucket_size(n: int, multiple: int) -> int:
-  """``n`` rounded up to a multiple of ``multiple`` (the padded batch a layer runs on)."""
-  return -(-n // multiple) * multiple
-
-
-class EarlyExitServer:
-  """Layer-by-layer inference that drops exited samples from the batch.
-
-  Each layer runs (jitted; one compilation per padded batch size, shared by all calls) on the
-  samples still running, padded up to a multiple of ``bucket``; the rows that exit are removed
-  before the next layer, so deeper layers run on fewer rows.
-
-  Args:
-    config: encoder config; params: model params; bucket: padding granularity of the batch.
-
-  Call: ``input_ids``, ``attention_mask`` ``[B, T]`` (numpy), then the exit policy ``threshold``,
-  ``agree``, ``min_layer`` (:func:`jaxrec.layers.exit_heads.exit_now`). Returns ``(margin [B],
-  exit layer [B] (0-based), rows run per layer [L])``; margins and exit layers are those of the
-  policy applied to the full-depth heads (:func:`jaxrec.layers.exit_heads.exits_at`).
-
-  Example::
-
-    server = EarlyExitServer(config, params)
-    margin, layer, rows = server(ids, mask, threshold=2.0)
-    ctr = jax.nn.sigmoid(margin)
-  """
-
-  def __init__(self, config: BertConfig, params: PyTree, bucket: int = 8):
-    if bucket < 1:
-      raise ValueError(f'bucket must be >= 1, got {bucket}')
-    self.config, self.params, self.bucket = config, params, bucket
-    self._embed = jax.jit(lambda p, ids: embed(config, p, ids))
-
-    def layer_and_head(layer_params, heads, l, h, mask):
-      h = run_layer(config, layer_params, h, mask)
-      return h, yes_no_margin(head_forward(select_head(heads, l), h, mask))
-
-    self._layer = jax.jit(layer_and_head)
-
-  def _pad(self, x: np.ndarray) -> np.ndarray:
-    n = len(x)
-    extra = bucket_size(n, self.bucket) - n
-    return np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)]) if extra else x
-
-  def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, threshold: float,
-               agree: int = 1, min_layer: int = 0):
-    L = self.config.num_layers
-    B = len(input_ids)
-    margin_out = np.zeros(B, np.float32)
-    layer_out = np.full(B, L - 1)
-    history = np.zeros((L, B), np.float32)
-    rows_run = np.zeros(L, np.int64)
-    idx = np.arange(B)
-    mask = np.asarray(attention_mask)
-    h = np.asarray(self._embed(self.params['encoder'], self._pad(input_ids)))[:B]
-    for l in range(L):
-      n = len(idx)
-      rows_run[l] = bucket_size(n, self.bucket)
-      h_new, m = self._layer(self.params['encoder'][f'layer_{l}'], self.params['heads'],
-                             jnp.int32(l), self._pad(h), self._pad(mask))
-      m = np.asarray(m)[:n]
-      history[l, idx] = m
-      done = exit_now(m, history[:l, idx], l, L, threshold, agree, min_layer)
-      margin_out[idx[done]] = m[done]
-      layer_out[idx[done]] = l
-      keep = ~done
-      if not keep.any():
-        break
-      idx, mask = idx[keep], mask[keep]
-      h = np.asarray(h_new)[:n][keep]
-    return margin_out, layer_out, rows_run
 
 
 # ------------------------------------------------------------------------------------- config

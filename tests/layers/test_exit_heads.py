@@ -121,3 +121,20 @@ def test_exit_policy_rejects_bad_arguments():
     eh.exits_at(MARGINS, 1.0, agree=-1)
   with pytest.raises(ValueError, match='previous margins given'):
     eh.exit_now(MARGINS[2], MARGINS[:1], 2, 4, 1.0, agree=2)
+
+
+def test_device_policy_equals_the_host_policy():
+  """``device_exit_now`` (jnp, traced layer and policy) decides as ``exit_now`` at every layer,
+  on margins with ties at the threshold and exact zeros."""
+  rng = np.random.default_rng(0)
+  margins = rng.choice([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], (5, 64)).astype(np.float32)
+  fn = jax.jit(eh.device_exit_now)
+  history = np.asarray(rng.normal(size=margins.shape), np.float32)
+  for th in (0.0, 0.5, 1.0, float('inf')):
+    for agree in (0, 1, 2, 3):
+      for min_layer in (0, 2):
+        for l in range(5):
+          want = eh.exit_now(margins[l], margins[:l], l, 5, th, agree, min_layer)
+          hist = np.where(np.arange(5)[:, None] < l, margins, history)  # later rows: junk
+          got = fn(margins[l], hist, l, th, agree, min_layer)
+          np.testing.assert_array_equal(got, want, err_msg=f'{th} {agree} {min_layer} {l}')

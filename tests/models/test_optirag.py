@@ -1,5 +1,5 @@
-"""OptiRAG-Rec's prompted CTR model: heads on every layer, the partial fine-tune path, the
-optimizer (per-head learning rates), and the layer-by-layer early-exit serving path."""
+"""OptiRAG-Rec's prompted CTR model: heads on every layer, the partial fine-tune path and the
+optimizer (per-head learning rates). The early-exit servers are tested in tests/serving."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrec.layers.bert import BertConfig
-from jaxrec.layers.exit_heads import exits_at, yes_no_margin
+from jaxrec.layers.exit_heads import yes_no_margin
 from jaxrec.models import optirag
 
 CONFIG = BertConfig(vocab_size=40, hidden_size=16, num_layers=4, num_heads=2,
@@ -30,11 +30,6 @@ def model_and_batch():
   return model, params, ids, mask, np.asarray(logits)
 
 
-@pytest.fixture(scope='module')
-def server(model_and_batch):
-  return optirag.EarlyExitServer(CONFIG, model_and_batch[1], bucket=4)
-
-
 def test_full_depth_margins_and_partial_path(model_and_batch):
   _, params, ids, mask, logits = model_and_batch
   assert logits.shape == (CONFIG.num_layers, B, 2)
@@ -49,22 +44,6 @@ def test_full_depth_margins_and_partial_path(model_and_batch):
     upper = jax.jit(lambda p, s, m: optirag.upper_logits(CONFIG, p, s, m, k))(trainable, states,
                                                                             mask)
     np.testing.assert_allclose(upper, logits, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize('threshold,agree', [(1.0, 1), (3.0, 1), (0.5, 2), (float('inf'), 1)])
-def test_serving_path_equals_the_policy_and_drops_rows(model_and_batch, server, threshold,
-                                                       agree):
-  full = yes_no_margin(model_and_batch[4])
-  ids, mask = model_and_batch[2], model_and_batch[3]
-  want_layer, want_margin = exits_at(full, threshold, agree)
-  margin, layer, rows = server(ids, mask, threshold, agree)
-  np.testing.assert_array_equal(layer, want_layer)
-  np.testing.assert_allclose(margin, want_margin, atol=1e-5, rtol=1e-5)
-  # layer l ran on the samples not yet exited, padded to a multiple of 4
-  running = np.array([(want_layer >= l).sum() for l in range(CONFIG.num_layers)])
-  np.testing.assert_array_equal(rows, np.where(running > 0, -(-running // 4) * 4, 0))
-  if threshold == 1.0:  # the fixture spreads margins enough for early exits here
-    assert layer.min() < CONFIG.num_layers - 1 and rows[-1] < B
 
 
 def test_init_params_keeps_given_encoder_params(model_and_batch):
