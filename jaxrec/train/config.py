@@ -75,7 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding.max_unsharded_fraction = 0.1  # guardrail: fail above this unsharded fraction
   # Embedding tables sharded by a plan (jaxrec.train.table_trainer, docs/embeddings.md).
   c.embedding = ml_collections.ConfigDict()
-  c.embedding.plan = 'none'  # none | a sharding type for every table | path to a JSON plan
+  c.embedding.plan = 'none'  # none | auto | a sharding type for every table | path to a JSON plan
+  # plan=auto: jaxrec.planner method (neuroshard | neuroshard_refined | torchrec | random |
+  # size_greedy | dim_greedy | lookup_greedy | size_lookup_greedy) and, for neuroshard*, its
+  # cost-model file ('' = the one shipped for this device kind)
+  c.embedding.planner = 'neuroshard'
+  c.embedding.cost_model = ''
   # dense (optax, with the other parameters) | sgd | adagrad | rowwise_adagrad | adam (fused)
   c.embedding.optimizer = 'dense'
   c.embedding.learning_rate = 0.0  # fused sparse optimizer's rate (0 = config.learning_rate)

@@ -11,7 +11,7 @@ and the block is sliced out of it.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -105,6 +105,21 @@ def local_rows(x: jax.Array) -> np.ndarray:
     start = s.index[0].start or 0
     shards.setdefault(start, s.data)
   return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def eval_local_rows(eval_fn: Callable[[Any], jax.Array], to_global: Callable[[Batch], Any],
+                    local_batch: Batch, batch_divisor: int,
+                    check: Optional[Callable[[Batch], None]] = None) -> np.ndarray:
+  """Logits ``[rows]`` of this process's ``local_batch`` through ``eval_fn`` on the global batch.
+
+  The local rows are padded (weight 0) to a multiple of this process's share of ``batch_divisor``
+  so the global batch splits evenly over the devices; ``check`` (e.g. an id range check) sees the
+  padded local batch; the padding is cut from the result.
+  """
+  batch, n = pad_rows(local_batch, max(batch_divisor // jax.process_count(), 1))
+  if check is not None:
+    check(batch)
+  return local_rows(eval_fn(to_global(batch)))[:n]
 
 
 def gather_rows(*arrays: np.ndarray) -> tuple[Any, ...]:

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import ml_collections
 
 from jaxrec.errors import ConfigMismatchError, RunDirError
-from jaxrec.train.config import chosen_dataset_options
+from jaxrec.train.config import base_config, chosen_dataset_options
 
 # Fields that may change when a run is resumed: they decide how long to train and how to log,
 # not the trajectory of the steps taken.
@@ -80,15 +80,20 @@ def config_changes(old: dict, new: dict,
   """``(field, old, new)`` for every leaf that differs between two records, outside ``allowed``.
 
   Both are records as :func:`run_record` gives them (an older flat ``dataset_options`` is
-  resolved first); a field missing on one side shows as ``'<absent>'``.
+  resolved first); a field missing on one side shows as ``'<absent>'``, except a field the old
+  record predates (absent there) whose new value is its :func:`base_config` default: the default
+  is what the older code did.
   """
   old = dict(old, dataset_options={old['dataset']: chosen_dataset_options(old)})
   a, b = _flatten(json_native(old)), _flatten(json_native(new))
+  defaults = _flatten(json_native(base_config().to_dict()))
   changes = []
   for path in sorted(set(a) | set(b)):
     if path.split('.')[0] in allowed:
       continue
     x, y = a.get(path, _ABSENT), b.get(path, _ABSENT)
+    if x == _ABSENT and path in defaults and y == defaults[path]:
+      continue
     if x != y:
       changes.append((path, x, y))
   return changes

@@ -140,9 +140,8 @@ class ShardedTrainer:
 
   def eval_step(self, state: state_lib.TrainState, local_batch: dict) -> np.ndarray:
     """Logits ``float32 [rows]`` of this process's rows (padded internally to split evenly)."""
-    per_process = self.plan.batch_divisor // jax.process_count()
-    batch, n = data_lib.pad_rows(local_batch, max(per_process, 1))
-    return data_lib.local_rows(self._eval(state, self.global_batch(batch)))[:n]
+    return data_lib.eval_local_rows(lambda b: self._eval(state, b), self.global_batch,
+                                    local_batch, self.plan.batch_divisor)
 
   def set_learning_rate(self, state: state_lib.TrainState, lr: float) -> state_lib.TrainState:
     return self._set_lr(state, jnp.float32(lr))

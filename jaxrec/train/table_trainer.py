@@ -24,7 +24,10 @@ State layout (``TrainState``):
     the loop's plateau decay by the same factor.
 
 Plans (``config.embedding.plan``): ``none``; one sharding type for every table whose shape allows
-it (``resolve_plan``); or a JSON plan file (``EmbeddingPlan.from_json``).
+it (``resolve_plan``); a JSON plan file (``EmbeddingPlan.from_json``); or ``auto``: planned at
+start-up by ``jaxrec.planner`` (method ``config.embedding.planner``) from each table's features
+measured on the example batch (a batch of the training data: ids per sample and the histogram of
+id access counts, ``sample_features``).
 
 Checkpoints hold the state in this layout and record the plan; a run on another device count or
 plan restores them through the unsharded form (``jaxrec.train.reshard``).
@@ -45,6 +48,7 @@ import optax
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxrec import planner as planner_lib
 from jaxrec.data.dataset import CTRSource
 from jaxrec.data.schema import FeatureSchema
 from jaxrec.embeddings.collection import ID_CHECKS, check_ids, pooled_lookup
@@ -59,7 +63,7 @@ from jaxrec.sharding.embedding_shard import AXES, ShardedEmbeddingBagCollection,
 from jaxrec.train import host_data as data_lib
 from jaxrec.train import state as state_lib
 
-PLANS = ('none',) + SHARDING_TYPES
+PLANS = ('none', 'auto') + SHARDING_TYPES
 OPTIMIZERS = ('dense',) + SPARSE_KINDS
 DENSE_STRATEGIES = ('NO_SHARD', 'FULL_SHARD')  # the dense parameters beside sharded tables
 
@@ -177,10 +181,44 @@ def resolve_plan(kind: str, tables: Sequence[EmbeddingBagConfig], num_hosts: int
                        memory_cap_bytes or None)
 
 
+def tables_kjt(feats: dict, schema: FeatureSchema, tables: Sequence[ModelTable]) -> KeyedJagged:
+  """One feature per table (named after it): the schema's bags, column per table."""
+  base = KeyedJagged.from_batch(feats, schema)
+  cols = [base.keys.index(t.field) for t in tables]
+  return KeyedJagged(ids=base.ids[:, cols], lengths=base.lengths[:, cols],
+                     weights=base.weights[:, cols], keys=tuple(t.config.name for t in tables))
+
+
+def sample_features(tables: Sequence[ModelTable],
+                    kjt: KeyedJagged) -> list[planner_lib.features.TableFeatures]:
+  """Each table's planner features from one batch (``kjt``: one column per table, in order)."""
+  ids, lengths = np.asarray(kjt.ids), np.asarray(kjt.lengths)  # [B, T, L], [B, T]
+  in_bag = np.arange(ids.shape[2])[None, None, :] < lengths[:, :, None]
+  return [planner_lib.features.from_ids(t.config.name, ids[:, i][in_bag[:, i]], ids.shape[0],
+                                        t.config.num_embeddings, t.config.embedding_dim)
+          for i, t in enumerate(tables)]
+
+
+def auto_plan(tables: Sequence[EmbeddingBagConfig], num_hosts: int, per_host: int,
+              memory_cap_bytes: int, method: str, features=None, cost_model: str = '',
+              batch_size: int = planner_lib.DEFAULT_BATCH) -> EmbeddingPlan:
+  """``config.embedding.plan='auto'``: ``jaxrec.planner.plan`` with ``method`` on ``features``
+  (default: the tables' shapes with uniform access, one id per sample)."""
+  try:
+    return planner_lib.plan(features or tables, (num_hosts, per_host), memory_cap_bytes or None,
+                            method, cost_model=cost_model or None, batch_size=batch_size)
+  except planner_lib.PlannerError as e:
+    raise EmbeddingConfigError(f'config.embedding.plan=auto (planner {method!r}): {e}') from None
+
+
 def load_plan(spec: str, tables: Sequence[EmbeddingBagConfig], num_hosts: int, per_host: int,
-              memory_cap_bytes: int = 0, table_wise_below_bytes: int = 0) -> EmbeddingPlan:
-  """``config.embedding.plan`` -> a validated ``EmbeddingPlan`` (see the module docstring)."""
-  if spec in SHARDING_TYPES:
+              memory_cap_bytes: int = 0, table_wise_below_bytes: int = 0,
+              auto: Optional[dict] = None) -> EmbeddingPlan:
+  """``config.embedding.plan`` -> a validated ``EmbeddingPlan`` (see the module docstring);
+  ``auto``: ``auto_plan``'s keyword arguments for ``spec == 'auto'``."""
+  if spec == 'auto':
+    plan = auto_plan(tables, num_hosts, per_host, memory_cap_bytes, **(auto or {}))
+  elif spec in SHARDING_TYPES:
     plan = resolve_plan(spec, tables, num_hosts, per_host, memory_cap_bytes,
                         table_wise_below_bytes)
   elif spec.endswith('.json') or os.path.sep in spec:
@@ -235,7 +273,8 @@ class TableShardedTrainer:
                optimizer: str = 'dense', table_learning_rate: float = 0.0, id_check: str = 'none',
                memory_cap_bytes: int = 0, hosts: int = 0, seed: int = 0,
                id_capacity_factor: float = 0.0, table_wise_below_bytes: int = 0,
-               dense_strategy: str = 'NO_SHARD'):
+               dense_strategy: str = 'NO_SHARD', planner: str = 'neuroshard',
+               cost_model: str = ''):
     if dense_strategy not in DENSE_STRATEGIES:
       raise EmbeddingConfigError(
           f'config.sharding.strategy={dense_strategy!r} with sharded tables: one of '
@@ -262,8 +301,13 @@ class TableShardedTrainer:
     self.tables = model_tables(boxed.params, schema)
     configs = [t.config for t in self.tables]
     hosts, per_host = mesh_shape(hosts, jax.device_count())
+    auto = None
+    if plan_spec == 'auto':
+      kjt = self._kjt(state_lib.features(example_batch))
+      auto = {'method': planner, 'cost_model': cost_model, 'batch_size': kjt.batch_size,
+              'features': sample_features(self.tables, kjt)}
     self.plan = load_plan(plan_spec, configs, hosts, per_host, memory_cap_bytes,
-                          table_wise_below_bytes)
+                          table_wise_below_bytes, auto)
     self.mesh = embedding_mesh(self.plan)
     # Dense optimizer: data_parallel tables stay whole (replicated), the rest go to buffers.
     self._replicated = [] if self.sparse else [
@@ -305,7 +349,8 @@ class TableShardedTrainer:
                memory_cap_bytes=e.memory_cap_bytes, hosts=e.get('hosts', 0), seed=config.seed,
                id_capacity_factor=e.get('id_capacity_factor', 0.0),
                table_wise_below_bytes=e.get('table_wise_below_bytes', 0),
-               dense_strategy=strategy)
+               dense_strategy=strategy, planner=e.get('planner', 'neuroshard'),
+               cost_model=e.get('cost_model', ''))
 
   def describe(self, batch_size: int) -> str:
     """The printed plan: per device, its shards and bytes."""
@@ -387,12 +432,7 @@ class TableShardedTrainer:
 
   # ---- forward -----------------------------------------------------------------------------------
   def _kjt(self, feats: dict) -> KeyedJagged:
-    """One feature per table (named after it): the schema's bags, column per table."""
-    base = KeyedJagged.from_batch(feats, self._schema)
-    cols = [base.keys.index(t.field) for t in self.tables]
-    return KeyedJagged(ids=base.ids[:, cols], lengths=base.lengths[:, cols],
-                       weights=base.weights[:, cols],
-                       keys=tuple(t.config.name for t in self.tables))
+    return tables_kjt(feats, self._schema, self.tables)
 
   def _embedded(self, pooled: dict) -> dict:
     """``{table: [B, d]}`` -> the ``EMBEDDED`` collection ``{module: {'pooled': [B, F, d]}}``."""
@@ -534,10 +574,8 @@ class TableShardedTrainer:
     return self._jitted('train', state)(state, self.global_batch(local_batch))
 
   def eval_step(self, state: state_lib.TrainState, local_batch: dict) -> np.ndarray:
-    per_process = self.batch_divisor // jax.process_count()
-    batch, n = data_lib.pad_rows(local_batch, max(per_process, 1))
-    self._host_check(batch)
-    return data_lib.local_rows(self._eval(state, self.global_batch(batch)))[:n]
+    return data_lib.eval_local_rows(lambda b: self._eval(state, b), self.global_batch,
+                                    local_batch, self.batch_divisor, self._host_check)
 
   def set_learning_rate(self, state: state_lib.TrainState, lr: float) -> state_lib.TrainState:
     return self._jitted('set_lr', state)(state, jnp.float32(lr))

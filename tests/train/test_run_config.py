@@ -206,3 +206,12 @@ def test_a_flat_stored_config_matches_its_grouped_equivalent(finished_run):
   flat = dict(old, dataset_options=old['dataset_options']['synthetic'])
   assert not run_config.config_changes(flat, run_config.run_record(tiny_config()))
   assert os.path.isfile(finished_run[0] / 'results.json')
+
+
+def test_a_field_added_since_the_record_is_a_change_only_off_its_default(finished_run):
+  old = json.loads((finished_run[0] / 'config.json').read_text())
+  del old['embedding']['planner']  # a record written before the field existed
+  new = run_config.run_record(tiny_config())
+  assert not run_config.config_changes(old, new)
+  new['embedding']['planner'] = 'torchrec'
+  assert run_config.config_changes(old, new) == [('embedding.planner', '<absent>', 'torchrec')]
