@@ -157,6 +157,9 @@ OPTIRAG_SHORT = ('--config.max_train_samples=16 --config.max_valid_samples=16 '
                  '--config.lm_max_length=16')
 STUDY_SHORT = ('--thresholds 0,1,inf --timed_thresholds inf --repeats 1 --rows 8 --batch_size 8 '
                '--latency_queries 2')
+# A random tiny run in the layout of scripts/train_optirag.py (tests/serving/fake_run.py; the
+# package is found through PYTHONPATH, which holds the repository).
+BENCH_FAKE_RUN = 'python -m tests.serving.fake_run runs/optirag_gcn_full'
 FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
 
 COMMANDS: dict[str, object] = {
@@ -184,6 +187,13 @@ COMMANDS: dict[str, object] = {
         Run(replace=(('--models lr,fm,deepfm,dlrm,dcnv2', '--models fm'),
                      ('--seeds 2021,2022,2023', '--seeds 2021')),
             needs=('shared_data',), slow=True),
+    # docs/embeddings.md: the sparse-optimizer study (two hours); DLRM, one seed, one optimizer
+    # at one rate, one epoch (config overrides as for frappe_results.py).
+    'python scripts/sparse_optimizer_study.py --models dlrm,deepfm --seeds 2021,2022,2023 '
+    '--data_dir ../shared/data/frappe --root runs/sparse_study --out docs/sparse_optimizers':
+        Run(replace=(('--models dlrm,deepfm', '--models dlrm'),
+                     ('--seeds 2021,2022,2023', '--seeds 2021')),
+            append='--grid adam=0.001 --sweep_epochs 1', needs=('shared_data',), slow=True),
     # docs/fsdp.md: FULL_SHARD on 8 (emulated) devices; two steps.
     'python scripts/train.py --config configs/default.py --workdir runs/fsdp --cpu_devices=8 '
     '--config.sharding.strategy=FULL_SHARD --config.sharding.mesh.data=1 '
@@ -252,6 +262,30 @@ COMMANDS: dict[str, object] = {
         Run(replace=(('--thresholds 0,0.25,0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,4,inf '
                       '--timed_thresholds 0,0.5,1,1.5,inf --repeats 5', STUDY_SHORT),),
             needs=('shared_data', 'minilm'), slow=True),
+    # docs/optirag.md: the early-exit serving benchmark on a tiny random run made here (the same
+    # files as train_optirag.py writes), 16 prompts, one batch size, one timed run.
+    'python scripts/bench_early_exit.py --run runs/optirag_gcn_full --batch_sizes 1,64 '
+    '--thresholds 0,1,inf --rows 128 --repeats 5 --out docs/optirag_early_exit_device':
+        Run(replace=(('python scripts/bench_early_exit.py --run runs/optirag_gcn_full '
+                      '--batch_sizes 1,64',
+                      BENCH_FAKE_RUN + ' && python scripts/bench_early_exit.py '
+                      '--run runs/optirag_gcn_full --batch_sizes 8'),
+                     ('--rows 128 --repeats 5', '--rows 16 --repeats 1'))),
+    'python scripts/bench_early_exit.py --run runs/optirag_gcn_full --rows 128 '
+    '--export_bundle runs/optirag_gcn_full_bundle.npz':
+        Run(replace=(('--rows 128', '--rows 16'),)),
+    # docs/optirag.md: the GPU timing of a random MiniLM-shaped model, made tiny here.
+    'python -m tests.serving.fake_run runs/minilm_shaped --minilm_shaped --rows 128':
+        Run(replace=((' --minilm_shaped --rows 128', ' --rows 16'),)),
+    'python scripts/bench_early_exit.py --run runs/minilm_shaped --batch_sizes 1,64 '
+    '--thresholds 0,1,inf --rows 128 --repeats 5 --out docs/optirag_early_exit_device_gpu_random':
+        Run(replace=(('--batch_sizes 1,64', '--batch_sizes 8'),
+                     ('--rows 128 --repeats 5', '--rows 16 --repeats 1'))),
+    'python scripts/bench_early_exit.py --bundle runs/optirag_gcn_full_bundle.npz '
+    '--batch_sizes 1,64 --thresholds 0,1,inf --rows 128 --repeats 5 '
+    '--out docs/optirag_early_exit_device_gpu':
+        Run(replace=(('--batch_sizes 1,64', '--batch_sizes 8'),
+                     ('--rows 128 --repeats 5', '--rows 16 --repeats 1'))),
     # docs/torch_comparison.md: the manual PyTorch install (not run), its import check, and the
     # GPU benchmark reduced to CPU, one model, one dataset, one small batch size, two steps.
     'pip install -c constraints.txt ".[torch]" ./packaging/fbgemm-gpu-cpu-alias': Install(),
@@ -538,7 +572,8 @@ def test_shell_block_runs(block, tmp_path, request):
   root = _workspace(tmp_path)
   assert not (root / 'docs').is_symlink()  # --out docs/... writes into the scratch copy
   for command, entry in runs:
-    config = FRAPPE_RESULTS_CFG if 'frappe_results.py' in command else None
+    study = 'frappe_results.py' in command or 'sparse_optimizer_study.py' in command
+    config = FRAPPE_RESULTS_CFG if study else None
     _run(reduce_command(command, entry), root, tmp_path, config)
 
 
