@@ -37,6 +37,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   result = planning.plan_for_config(config, _DEVICES.value or None)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, 'w', encoding='utf-8') as f:
     f.write(result.plan.to_json() + '\n')
   model, note = planning.predictor(config.embedding.get('cost_model', ''), result.batch_size)

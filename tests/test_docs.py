@@ -160,6 +160,20 @@ STUDY_SHORT = ('--thresholds 0,1,inf --timed_thresholds inf --repeats 1 --rows 8
 # A random tiny run in the layout of scripts/train_optirag.py (tests/serving/fake_run.py; the
 # package is found through PYTHONPATH, which holds the repository).
 BENCH_FAKE_RUN = 'python -m tests.serving.fake_run runs/optirag_gcn_full'
+# docs/planner.md: plan.py on a small synthetic dataset (as tests/planner/test_plan_script.py);
+# the cost-model campaign on 12 loads of at most 3 tiny tables of one width (batch 64, 256 KiB, a
+# coarse bucket grid: few programs), a few epochs, one comm mesh, its model written under runs/
+# (never over the package's file); the benchmark on two tiny tasks of that width with that model
+# (the same buckets: the compiled programs come from the persistent cache).
+PLAN_SHORT = ('--config.dataset_options.synthetic.num_train=3000 '
+              '--config.dataset_options.synthetic.num_valid=100 '
+              '--config.dataset_options.synthetic.num_test=100 --config.batch_size=512')
+TINY_COST_MODEL = 'runs/planner/cost_model.npz'
+PRETRAIN_SHORT = ('--max_tables 3 --batch_size 64 --max_bytes 262144 --dims 8 --ids_per_octave 1 '
+                  '--runs 1 --warmup 0 --epochs 3 --comm_epochs 2 --comm_meshes 1x4 --out '
+                  + TINY_COST_MODEL)
+BENCH_PLANNER_SHORT = ('--batch_size 64 --memory_cap_bytes 262144 --tables 3,6 --dims 8 --runs 1 '
+                       '--warmup 0 --ids_per_octave 1 --cost_model ' + TINY_COST_MODEL)
 FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
 
 COMMANDS: dict[str, object] = {
@@ -313,6 +327,23 @@ COMMANDS: dict[str, object] = {
     'python scripts/train.py --config configs/deepfm_frappe.py --workdir runs/deepfm_d32_2021 '
     '--config.data_dir=../shared/data/frappe --config.embedding_dim=32 --config.seed=2021':
         Run(append=FRAPPE_SHORT, needs=('shared_data',), slow=True),
+    # docs/planner.md: plan=auto in training (two steps) and scripts/plan.py (see PLAN_SHORT).
+    'python scripts/train.py --config configs/default.py --workdir runs/auto --cpu_devices=4 '
+    '--config.embedding.plan=auto --config.embedding.planner=torchrec':
+        Run(append=SYNTHETIC_SHORT + ' --config.max_steps=2'),
+    'python scripts/plan.py --config configs/default.py --out runs/plan.json --devices 4 '
+    '--config.embedding.planner=torchrec': Run(append=PLAN_SHORT),
+    # docs/planner.md: the campaigns (see PRETRAIN_SHORT, BENCH_PLANNER_SHORT).
+    'python scripts/pretrain_cost_model.py --samples 2000 --padding_check 20 '
+    '--data runs/planner/cost_data.jsonl':
+        Run(replace=(('--samples 2000 --padding_check 20', '--samples 12 --padding_check 1'),),
+            append=PRETRAIN_SHORT, needs=('shared_data',)),
+    'python scripts/plan.py --config configs/default.py --out runs/plan_neuroshard.json '
+    '--devices 4': Run(append=PLAN_SHORT + ' --config.embedding.cost_model=' + TINY_COST_MODEL),
+    'python scripts/bench_planner.py --tasks 100 --task_seed 0 --devices 4 '
+    '--out runs/bench_planner':
+        Run(replace=(('--tasks 100', '--tasks 2'),), append=BENCH_PLANNER_SHORT,
+            needs=('shared_data',)),
 }
 
 
@@ -421,6 +452,19 @@ pooled = jax.jit(ebc.lookup)(buffers, kjt)   # {feature: [B, d]}, batch split ov
 seqs = jax.jit(ebc.sequence_lookup)(buffers, kjt)   # unpooled {feature: [B, L, d]}
 params = ebc.unshard(buffers)                # back (also for gradients of the buffers)
 ''', PyImports("a sketch: tables, plan, params and kjt are the reader's"))
+
+
+# docs/planner.md: planning four tables by statistics (no cost model needed).
+_py('''
+from jaxrec import planner
+
+tables = [planner.features.from_stats(f't{i}', rows, dim, pooling)
+          for i, (rows, dim, pooling) in enumerate([(100_000, 64, 1.0), (20_000, 16, 12.0),
+                                                    (500_000, 32, 3.0), (5_000, 128, 25.0)])]
+plan = planner.plan(tables, devices=4, memory_cap_bytes=2**26, method='size_lookup_greedy')
+plan.validate([t.config() for t in tables])
+print(plan.to_json())
+''', PyRun())
 
 
 # ----------------------------------------------------------------------------------------------

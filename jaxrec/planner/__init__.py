@@ -23,6 +23,12 @@ of the neuroshard methods is the file shipped for this device kind (``cost_model
 written by ``scripts/pretrain_cost_model.py``) unless ``cost_model`` is given (a model or a
 path). ``report.describe`` prints a plan per device with its predicted cost and imbalance.
 
+Ground truth and studies (docs/planner.md): ``measure.measure_plan`` measures a plan on this
+device (``step``: each device's fused step, shapes bucketed so that compiled programs are
+reused); ``pretrain`` measures random device loads and trains the cost model
+(``scripts/pretrain_cost_model.py``); ``bench`` plans generated tasks with every method and
+measures the plans (``scripts/bench_planner.py``).
+
 Example::
 
   from jaxrec import planner

@@ -224,6 +224,7 @@ class TrainResult:
   norm: Normalizer
   scale: float  # targets were divided by it
   mse: dict  # {'train', 'val', 'test'} at the best validation epoch, ms^2
+  test_index: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _splits(n: int, rng: np.random.Generator, train=0.8, val=0.1):
@@ -247,7 +248,7 @@ def _fit(loss_fn, params, data: dict, y: np.ndarray, epochs: int, batch_size: in
          seed: int):
   """Adam on ``loss_fn(params, batch) -> [rows] squared errors``; every batch (evaluation too) is
   padded to ``batch_size`` rows of weight 0, so each function compiles once. Returns the
-  best-validation params and their mean squared errors."""
+  best-validation params, their mean squared errors and the held-out (test) rows."""
   rng = np.random.default_rng(seed)
   tr, va, te = _splits(len(y), rng)
   batch_size = min(batch_size, max(1, len(tr)))
@@ -289,7 +290,7 @@ def _fit(loss_fn, params, data: dict, y: np.ndarray, epochs: int, batch_size: in
     val = mse(params, va) if len(va) else float(np.mean(losses))
     if val < best[0]:
       best = (val, params, {'train': float(np.mean(losses)), 'val': val, 'test': mse(params, te)})
-  return jax.device_get(best[1]), best[2]
+  return jax.device_get(best[1]), best[2], te
 
 
 def train_compute(samples: Sequence[Sequence[TableFeatures]], costs_ms: Sequence[float], *,
@@ -310,8 +311,9 @@ def train_compute(samples: Sequence[Sequence[TableFeatures]], costs_ms: Sequence
   def loss_fn(p, batch):
     return (net.apply(p, batch['x'], batch['mask']) - batch['y']) ** 2
 
-  params, errors = _fit(loss_fn, params, {'x': x, 'mask': mask}, y, epochs, batch_size, lr, seed)
-  return TrainResult(params, norm, scale, {k: v * scale ** 2 for k, v in errors.items()})
+  params, errors, test = _fit(loss_fn, params, {'x': x, 'mask': mask}, y, epochs, batch_size, lr,
+                              seed)
+  return TrainResult(params, norm, scale, {k: v * scale ** 2 for k, v in errors.items()}, test)
 
 
 def train_comm(dims: np.ndarray, costs_ms: np.ndarray, num_hosts: int = 1, *, epochs: int = 100,
@@ -328,7 +330,7 @@ def train_comm(dims: np.ndarray, costs_ms: np.ndarray, num_hosts: int = 1, *, ep
   def loss_fn(p, batch):
     return jnp.mean((net.apply(p, batch['x']) - batch['y']) ** 2, axis=-1)
 
-  params, errors = _fit(loss_fn, params, {'x': x}, y, epochs, batch_size, lr, seed)
+  params, errors, _ = _fit(loss_fn, params, {'x': x}, y, epochs, batch_size, lr, seed)
   model = CommModel(num_hosts, dims.shape[1] // num_hosts, params, norm, scale)
   return model, {k: v * scale ** 2 for k, v in errors.items()}
 

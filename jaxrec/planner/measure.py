@@ -1,14 +1,11 @@
 """Ground truth: a plan's cost measured on the JAX device at hand.
 
-Compute, per device of a plan (``measure_plan``): one jitted step over that device's shards, as
-fbgemm's fused table-batched embedding bag runs it: for every shard, gather the rows of its ids
-(``jaxrec.embeddings.collection.gather_rows``), pool them per sample (segment sum over the
-jagged ids: no padding), contract the pooled ``[B, w]`` with a fixed random gradient (NeuroShard
-backpropagates a random ``grads_tensor``), differentiate with respect to the gathered rows and
-apply the fused sparse optimizer to the touched rows (``SparseOptimizer.apply``, row-wise Adagrad
-by default). All shards of the device are one program; tables and optimizer state are donated.
-The time is the median over ``runs`` calls after ``warmup`` calls (compile included in the
-first), with the quartiles, minimum and maximum recorded (``Timing``).
+Compute, per device of a plan (``measure_plan``): the device's step over its shards as
+``step.measure_device`` runs and times it (fbgemm's fused table-batched embedding bag: gather,
+pool per sample over the jagged ids, backpropagate NeuroShard's fixed random gradient, apply the
+fused sparse optimizer to the touched rows; shards of one width fused in one buffer and one
+compiled program, shapes bucketed so that programs are reused across devices and plans). The
+devices of a plan are measured one after the other on this one device.
 
 What a device's shard reads, from one batch of the table's ids (``tasks.sample_ids``, seeded per
 table): table_wise and column shards all ids of the global batch; row blocks (row_wise,
@@ -29,109 +26,20 @@ all-to-all) are not charged, as TorchRec's ``Perf.total`` leaves them out.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.embeddings.collection import gather_rows
 from jaxrec.embeddings.config import EmbeddingBagConfig
-from jaxrec.embeddings.sparse_optim import SparseOptimizer
 from jaxrec.planner import torchrec_port as trp
 from jaxrec.planner.features import TableFeatures
+from jaxrec.planner.step import (  # pylint: disable=unused-import (re-exported)
+    Buckets, ShardWork, StepCache, Timing, measure_device)
 from jaxrec.planner.tasks import sample_ids
 from jaxrec.sharding.embedding_comms import ID_BYTES, OUT_BYTES
 from jaxrec.sharding.embedding_plan import EmbeddingPlan
 
 CPU_SCALE = trp.DDR_MEM_BW / trp.HBM_MEM_BW
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-  """Milliseconds of ``runs`` timed calls."""
-  median_ms: float
-  p25_ms: float
-  p75_ms: float
-  min_ms: float
-  max_ms: float
-  runs: int
-
-  @classmethod
-  def of(cls, times_ms: Sequence[float]) -> 'Timing':
-    t = np.asarray(times_ms, np.float64)
-    if t.size == 0:
-      return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-    p25, p50, p75 = np.percentile(t, [25, 50, 75])
-    return cls(float(p50), float(p25), float(p75), float(t.min()), float(t.max()), int(t.size))
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardWork:
-  """What one shard of a device reads in a step.
-
-  Attributes:
-    rows, width: the shard's shape.
-    ids: ``int32 [N]`` rows read (in ``[0, rows)``).
-    samples: ``int32 [N]`` sample of each id (in ``[0, batch)``).
-    batch: samples the shard pools for.
-    features: the shard as the cost model sees it.
-  """
-  rows: int
-  width: int
-  ids: np.ndarray
-  samples: np.ndarray
-  batch: int
-  features: TableFeatures
-
-
-def _step_fn(works: Sequence[ShardWork], optimizer: SparseOptimizer):
-  batches = [w.batch for w in works]
-
-  def step(tables, states, ids, samples, cots):
-    def loss_fn(rows):
-      total = 0.0
-      for r, s, c, b in zip(rows, samples, cots, batches):
-        pooled = jax.ops.segment_sum(r, s, num_segments=b)  # [b, w]
-        total = total + jnp.vdot(pooled, c)
-      return total
-
-    rows = [gather_rows(t, i) for t, i in zip(tables, ids)]  # [N, w] each
-    loss, grads = jax.value_and_grad(loss_fn)(rows)
-    new_t, new_s = [], []
-    for t, st, i, g in zip(tables, states, ids, grads):
-      t, st = optimizer.apply(t, st, i, g, jnp.ones(i.shape, bool))
-      new_t.append(t)
-      new_s.append(st)
-    return new_t, new_s, loss
-
-  return jax.jit(step, donate_argnums=(0, 1))
-
-
-def measure_device(works: Sequence[ShardWork], *, optimizer: str = 'rowwise_adagrad',
-                   warmup: int = 2, runs: int = 10, seed: int = 0) -> Timing:
-  """Times one device's step over ``works`` (module docstring); no work costs 0."""
-  works = [w for w in works if w.ids.size and w.rows]
-  if not works:
-    return Timing.of([])
-  opt = SparseOptimizer(optimizer, 0.01)
-  rng = np.random.default_rng(seed)
-  # The values do not change the work; a constant fills large tables fast.
-  tables = [jnp.full((w.rows, w.width), 0.01, jnp.float32) for w in works]
-  states = [opt.init(t) for t in tables]
-  ids = [jnp.asarray(w.ids) for w in works]
-  samples = [jnp.asarray(w.samples) for w in works]
-  cots = [jnp.asarray(rng.normal(0, 1, (w.batch, w.width)), jnp.float32) for w in works]
-  step = _step_fn(works, opt)
-  times = []
-  for i in range(warmup + runs):
-    t0 = time.perf_counter()
-    tables, states, loss = step(tables, states, ids, samples, cots)
-    jax.block_until_ready((tables, states, loss))
-    if i >= warmup:
-      times.append(1e3 * (time.perf_counter() - t0))
-  return Timing.of(times)
 
 
 # ---- what each device reads ---------------------------------------------------------------------
@@ -265,10 +173,38 @@ class PlanMeasurement:
 
 
 def measure_plan(plan: EmbeddingPlan, tables: Sequence[TableFeatures], batch_size: int, *,
-                 seed: int = 0, optimizer: str = 'rowwise_adagrad', warmup: int = 2,
-                 runs: int = 10) -> PlanMeasurement:
-  """Measures every device of ``plan`` one after the other on this device (module docstring)."""
+                 seed: int = 0, optimizer: str = 'rowwise_adagrad', warmup: int = 1,
+                 runs: int = 5, buckets: Optional[Buckets] = None,
+                 cache: Optional[StepCache] = None,
+                 known: Optional[dict] = None) -> PlanMeasurement:
+  """Measures every device of ``plan`` one after the other on this device (module docstring).
+
+  ``buckets`` defaults to ``Buckets(buffer_bytes=plan.memory_cap_bytes)`` (one fused buffer per
+  width serves every device). ``known`` (``device_key -> Timing``, updated) reuses the timing of
+  a device whose shards and ids were measured before, by this plan or another of the same
+  tables and seed (methods often agree on some devices)."""
+  buckets = buckets or Buckets(buffer_bytes=plan.memory_cap_bytes or 0)
   works = device_work(plan, tables, batch_size, seed)
-  timings = tuple(measure_device(w, optimizer=optimizer, warmup=warmup, runs=runs, seed=seed)
-                  for w in works)
-  return PlanMeasurement(timings, tuple(float(x) for x in comm_ms(plan, tables, batch_size)))
+  known = {} if known is None else known
+  timings = []
+  for d, w in enumerate(works):
+    key = device_key(plan, tables, d)
+    if key not in known:
+      known[key] = measure_device(w, optimizer=optimizer, warmup=warmup, runs=runs,
+                                  buckets=buckets, cache=cache)
+    timings.append(known[key])
+  return PlanMeasurement(tuple(timings),
+                         tuple(float(x) for x in comm_ms(plan, tables, batch_size)))
+
+
+def device_key(plan: EmbeddingPlan, tables: Sequence[TableFeatures], device: int) -> tuple:
+  """What device ``device`` of ``plan`` reads: its shards (table, rows, columns, kind) and the
+  global batch of a data-parallel shard's slice; equal keys under one seed are the same work."""
+  out = []
+  for s in plan.shards([t.config() for t in tables]):
+    if s.device == device:
+      kind = plan.tables[s.table].sharding_type
+      part = (device, plan.num_devices) if kind == 'data_parallel' else ()
+      out.append((s.table, s.row_lo, s.row_hi, s.col_hi - s.col_lo, kind == 'data_parallel')
+                 + part)
+  return tuple(sorted(out))

@@ -8,7 +8,7 @@ import pytest
 
 from jaxrec.planner import cost_model as cm
 from jaxrec.planner import measure, pretrain
-from tests.planner.common import table, tables, tiny_cost_model
+from tests.planner.common import tables, tiny_cost_model
 
 
 @pytest.fixture(scope='module')
@@ -79,26 +79,3 @@ def test_files_round_trip_and_refuse_another_layout(model, tmp_path):
     cm.load(tmp_path / 'junk.npz')
   with pytest.raises(cm.CostModelFormatError, match='not found'):
     cm.load(tmp_path / 'missing.npz')
-
-
-class _Gen:
-  """What random_loads needs from DlrmSynth: tiny tables."""
-  batch_size = 32
-
-  class stats:  # pylint: disable=invalid-name
-    num_tables = 3
-
-  @staticmethod
-  def table(i, d, name):
-    return table(name, 20 + i, d, 2.0)
-
-
-def test_pretrain_measures_loads_and_trains():
-  # One tiny measured load (the real campaign: scripts/pretrain_cost_model.py).
-  data = pretrain.collect_compute(_Gen, 1, seed=0, max_tables=2, warmup=1, runs=2)
-  assert len(data.costs_ms) == 1 and data.costs_ms[0] > 0 and 1 <= len(data.loads[0]) <= 2
-  loads = pretrain.random_loads(_Gen, 4, seed=1, max_tables=3)
-  data = pretrain.Collected(loads, [1.0, 2.0, 3.0, 4.0], [(0, 0)] * 4, 1.0)
-  model = pretrain.pretrain(data, 32, comm_meshes=((1, 2),), epochs=2, comm_epochs=2)
-  assert model.meta['samples'] == 4 and (1, 2) in model.comm
-  assert model.compute_ms(loads[0]) >= 0
