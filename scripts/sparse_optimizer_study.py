@@ -11,7 +11,8 @@ Per model (its BARS config, ``configs/<model>_frappe.py``):
    without the L2 (what the sparse runs give up by having none).
 2. The full BARS protocol on every seed: ``dense`` (the BARS run as it is: unsharded tables, dense
    Adam, the BARS embedding L2) and the sparse optimizer whose swept rate reached the best
-   validation AUC (``--final best``), or every optimizer at its best rate (``--final all``).
+   validation AUC (``--final best``), or every optimizer at its best rate (``--final all``); and
+   ``dense_noreg`` on the first seed.
 
 The dense parameters keep Adam at the config's rate in every run; the BARS protocol (plateau decay
 of both rates, early stop, best epoch) is the loop's. Runs are resumable: a finished run
@@ -34,8 +35,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_GRID = ('sgd=10,100,1000;adagrad=0.01,0.03,0.1;rowwise_adagrad=0.01,0.03,0.1;'
-                'adam=0.001,0.003,0.01')
+DEFAULT_GRID = ('sgd=1,10,100,1000;adagrad=0.0003,0.001,0.003,0.01,0.03,0.1;'
+                'rowwise_adagrad=0.0003,0.001,0.003,0.01,0.03,0.1;adam=0.0003,0.001,0.003,0.01')
 FIELDS = ('model', 'setting', 'optimizer', 'table_lr', 'seed', 'max_epochs', 'valid_auc', 'valid_logloss',
           'best_epoch', 'epochs_run', 'seconds')
 
@@ -81,16 +82,26 @@ def run_name(model: str, setting: dict, seed: int, epochs: int = 0) -> str:
 def run_one(model: str, setting: dict, seed: int, epochs: int, args) -> dict:
   from jaxrec.train.loop import train_and_evaluate  # after the device count is set
   workdir = os.path.join(args.root, run_name(model, setting, seed, epochs))
-  done = os.path.join(workdir, 'results.json')
+  done, diverged = (os.path.join(workdir, f) for f in ('results.json', 'diverged.json'))
   start = time.time()
-  if os.path.exists(done):
-    with open(done, encoding='utf-8') as f:
-      r = json.load(f)
+  for path in (done, diverged):
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        r = json.load(f)
+      break
   else:
-    r = train_and_evaluate(build_config(model, setting, seed, args, epochs), workdir)
-  row = {'model': model, **setting, 'seed': seed, 'max_epochs': epochs, 'valid_auc': r['valid']['auc'],
-         'valid_logloss': r['valid']['logloss'], 'best_epoch': r['best_epoch'],
-         'epochs_run': r['epochs_run'], 'seconds': round(time.time() - start, 1)}
+    try:
+      r = train_and_evaluate(build_config(model, setting, seed, args, epochs), workdir)
+    except FloatingPointError as e:  # a rate too high for this optimizer: a result, kept
+      nan = float('nan')
+      r = {'valid': {'auc': nan, 'logloss': nan}, 'best_epoch': 0, 'epochs_run': 0,
+           'diverged': str(e)}
+      with open(diverged, 'w', encoding='utf-8') as f:
+        json.dump(r, f)
+  row = {'model': model, **setting, 'seed': seed, 'max_epochs': epochs,
+         'valid_auc': r['valid']['auc'], 'valid_logloss': r['valid']['logloss'],
+         'best_epoch': r['best_epoch'], 'epochs_run': r['epochs_run'],
+         'seconds': round(time.time() - start, 1)}
   print(json.dumps(row), flush=True)
   return row
 
@@ -136,45 +147,41 @@ def study(args) -> tuple[list[dict], list[dict]]:
   for model in models:
     best = {}
     for r in rows:
-      if r['model'] == model and r['setting'] == 'sparse' and (
+      ok = r['valid_auc'] == r['valid_auc']  # a diverged run's AUC is nan: never picked
+      if r['model'] == model and r['setting'] == 'sparse' and ok and (
           r['optimizer'] not in best or r['valid_auc'] > best[r['optimizer']]['valid_auc']):
         best[r['optimizer']] = r
     picked = (best.values() if args.final == 'all'
               else [max(best.values(), key=lambda r: r['valid_auc'])])
+    finals.append((model, _dense('dense_noreg'), seeds[0], 0))  # what the L2 alone is worth
     for seed in seeds:
       finals.append((model, _dense('dense'), seed, 0))
       finals += [(model, _sparse(r['optimizer'], r['table_lr']), seed, 0) for r in picked]
   return rows, _run_all(finals, args)
 
 
-def seed_table(rows: list[dict], seeds: list[int]) -> tuple[list[str], dict]:
-  """Markdown lines: every (model, setting) run on all ``seeds``, mean +- std; and the means."""
+def seed_table(rows: list[dict]) -> list[str]:
+  """Markdown lines: each (model, setting) of the full-protocol runs, mean +- std over its seeds,
+  and its difference from dense Adam's mean."""
   import numpy as np
   groups = {}
   for r in rows:
-    key = (r['model'], r['setting'], r['optimizer'], r['table_lr'])
-    groups.setdefault(key, {})[r['seed']] = r
-  lines = ['| model | tables | table lr | valid AUC (mean +- std) | valid logloss | '
-           'AUC - dense Adam | best epochs |', '|---|---|---|---|---|---|---|']
-  means = {}
-  for (model, setting, opt, lr), by_seed in groups.items():
-    if sorted(by_seed) != sorted(seeds):
-      continue
-    rs = [by_seed[s] for s in seeds]
-    auc = np.array([r['valid_auc'] for r in rs])
-    means[(model, setting, opt, lr)] = auc.mean()
-  for (model, setting, opt, lr), mean in means.items():
-    rs = [groups[(model, setting, opt, lr)][s] for s in seeds]
+    groups.setdefault((r['model'], r['setting'], r['optimizer'], r['table_lr']), []).append(r)
+  lines = ['| model | tables | table lr | seeds | valid AUC (mean +- std) | valid logloss | '
+           'AUC - dense Adam | best epochs |', '|---|---|---|---|---|---|---|---|']
+  means = {k: np.mean([r['valid_auc'] for r in rs]) for k, rs in groups.items()}
+  for (model, setting, opt, lr), rs in groups.items():
     auc = np.array([r['valid_auc'] for r in rs])
     ll = np.array([r['valid_logloss'] for r in rs])
     dense = means.get((model, 'dense', 'adam', 0.0))
-    gap = f'{mean - dense:+.4f}' if dense is not None and setting != 'dense' else '-'
-    label = 'dense Adam (BARS, L2)' if setting == 'dense' else f'sparse {opt}'
-    rate = '(config)' if setting == 'dense' else f'{lr:g}'
-    lines.append(f'| {model} | {label} | {rate} | {auc.mean():.4f} +- {auc.std():.4f} | '
-                 f'{ll.mean():.4f} +- {ll.std():.4f} | {gap} | '
-                 f'{",".join(str(r["best_epoch"]) for r in rs)} |')
-  return lines, means
+    gap = f'{auc.mean() - dense:+.4f}' if dense is not None and setting != 'dense' else '-'
+    label = {'dense': 'dense Adam (BARS, L2)', 'dense_noreg': 'dense Adam, sharded, no L2'}.get(
+        setting, f'sparse {opt}')
+    rate = f'{lr:g}' if setting == 'sparse' else '(config)'
+    lines.append(f'| {model} | {label} | {rate} | {",".join(str(r["seed"]) for r in rs)} | '
+                 f'{auc.mean():.4f} +- {auc.std():.4f} | {ll.mean():.4f} +- {ll.std():.4f} | '
+                 f'{gap} | {",".join(str(r["best_epoch"]) for r in rs)} |')
+  return lines
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
@@ -184,6 +191,9 @@ def sweep_table(rows: list[dict]) -> list[str]:
     label = 'dense Adam, sharded, no L2' if r['setting'] == 'dense_noreg' else (
         f'sparse {r["optimizer"]}')
     lr = f'{r["table_lr"]:g}' if r['setting'] == 'sparse' else '(config)'
+    if r['valid_auc'] != r['valid_auc']:
+      lines.append(f'| {r["model"]} | {label} | {lr} | diverged (nan loss) | | | |')
+      continue
     lines.append(f'| {r["model"]} | {label} | {lr} | {r["valid_auc"]:.4f} | '
                  f'{r["valid_logloss"]:.4f} | {r["best_epoch"]} / {r["epochs_run"]} | '
                  f'{r["seconds"]:.0f} |')
@@ -259,7 +269,6 @@ def main(argv=None):
     w.writerows(sweep + finals)
   seeds = [int(s) for s in args.seeds.split(',')]
   plot(sweep, finals, args.sweep_epochs, f'{args.out}.png')
-  seed_lines, _ = seed_table(finals, seeds)
   command = ' '.join(sys.argv[1:] if argv is None else argv)
   cap = f'at most {args.sweep_epochs} epochs' if args.sweep_epochs else 'the full protocol'
   text = [f'Command: `python scripts/sparse_optimizer_study.py {command}`  ',
@@ -269,7 +278,7 @@ def main(argv=None):
           f'Validation split of Frappe_x1 (57,722 rows). Sharded runs: plan `{args.plan}`, '
           'embedding L2 off; the dense parameters use Adam at the config rate throughout.', '',
           f'Sweep (seed {seeds[0]}, {cap} each):', '', *sweep_table(sweep), '',
-          f'Full BARS protocol, seeds {seeds}:', '', *seed_lines, '',
+          f'Full BARS protocol, seeds {seeds}:', '', *seed_table(finals), '',
           f'![sweep]({os.path.basename(args.out)}.png)', '']
   with open(f'{args.out}.md', 'w', encoding='utf-8') as f:
     f.write('\n'.join(text))
