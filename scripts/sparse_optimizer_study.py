@@ -32,13 +32,12 @@ import os
 import platform
 import runpy
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GRID = ('sgd=1,10,100,1000;adagrad=0.0003,0.001,0.003,0.01,0.03,0.1;'
                 'rowwise_adagrad=0.0003,0.001,0.003,0.01,0.03,0.1;adam=0.0003,0.001,0.003,0.01')
 FIELDS = ('model', 'setting', 'optimizer', 'table_lr', 'seed', 'max_epochs', 'valid_auc', 'valid_logloss',
-          'best_epoch', 'epochs_run', 'seconds')
+          'best_epoch', 'epochs_run')
 
 
 def parse_grid(text: str) -> dict[str, list[float]]:
@@ -83,7 +82,6 @@ def run_one(model: str, setting: dict, seed: int, epochs: int, args) -> dict:
   from jaxrec.train.loop import train_and_evaluate  # after the device count is set
   workdir = os.path.join(args.root, run_name(model, setting, seed, epochs))
   done, diverged = (os.path.join(workdir, f) for f in ('results.json', 'diverged.json'))
-  start = time.time()
   for path in (done, diverged):
     if os.path.exists(path):
       with open(path, encoding='utf-8') as f:
@@ -100,8 +98,7 @@ def run_one(model: str, setting: dict, seed: int, epochs: int, args) -> dict:
         json.dump(r, f)
   row = {'model': model, **setting, 'seed': seed, 'max_epochs': epochs,
          'valid_auc': r['valid']['auc'], 'valid_logloss': r['valid']['logloss'],
-         'best_epoch': r['best_epoch'], 'epochs_run': r['epochs_run'],
-         'seconds': round(time.time() - start, 1)}
+         'best_epoch': r['best_epoch'], 'epochs_run': r['epochs_run']}
   print(json.dumps(row), flush=True)
   return row
 
@@ -185,18 +182,17 @@ def seed_table(rows: list[dict]) -> list[str]:
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
-  lines = ['| model | tables | table lr | valid AUC | valid logloss | best epoch / run | seconds |',
-           '|---|---|---|---|---|---|---|']
+  lines = ['| model | tables | table lr | valid AUC | valid logloss | best epoch / run |',
+           '|---|---|---|---|---|---|']
   for r in rows:
     label = 'dense Adam, sharded, no L2' if r['setting'] == 'dense_noreg' else (
         f'sparse {r["optimizer"]}')
     lr = f'{r["table_lr"]:g}' if r['setting'] == 'sparse' else '(config)'
     if r['valid_auc'] != r['valid_auc']:
-      lines.append(f'| {r["model"]} | {label} | {lr} | diverged (nan loss) | | | |')
+      lines.append(f'| {r["model"]} | {label} | {lr} | diverged (nan loss) | | |')
       continue
     lines.append(f'| {r["model"]} | {label} | {lr} | {r["valid_auc"]:.4f} | '
-                 f'{r["valid_logloss"]:.4f} | {r["best_epoch"]} / {r["epochs_run"]} | '
-                 f'{r["seconds"]:.0f} |')
+                 f'{r["valid_logloss"]:.4f} | {r["best_epoch"]} / {r["epochs_run"]} |')
   return lines
 
 
@@ -220,8 +216,8 @@ def plot(sweep: list[dict], finals: list[dict], epochs: int, path: str) -> None:
     groups = {}
     for r in finals:
       if r['model'] == model:
-        name = ('dense Adam (BARS, L2)' if r['setting'] == 'dense'
-                else f'sparse {r["optimizer"]} {r["table_lr"]:g}')
+        name = {'dense': 'dense Adam (BARS, L2)', 'dense_noreg': 'dense Adam, no L2'}.get(
+            r['setting'], f'sparse {r["optimizer"]} {r["table_lr"]:g}')
         groups.setdefault(name, []).append(r['valid_auc'])
     for (name, aucs), ls in zip(groups.items(), ('--', '-.', '-', ':')):
       a = np.array(aucs)
