@@ -188,10 +188,14 @@ class StepCache:
 
   Args:
     max_buffer_bytes: buffers kept (least recently used dropped beyond it).
+    max_programs: compiled programs kept (least recently used dropped beyond it). Each CPU
+      executable holds memory mappings; a campaign that kept every one of its programs ran out of
+      the process's mappings (LLVM "Cannot allocate memory") after about 570 of them.
   """
 
-  def __init__(self, max_buffer_bytes: int = 2 ** 31):
-    self.programs: dict[GroupKey, object] = {}
+  def __init__(self, max_buffer_bytes: int = 2 ** 31, max_programs: int = 192):
+    self.programs: OrderedDict = OrderedDict()
+    self.max_programs = max_programs
     self.buffers: OrderedDict = OrderedDict()
     self.grads: dict[tuple[int, int], jax.Array] = {}
     self.max_buffer_bytes = max_buffer_bytes
@@ -209,6 +213,9 @@ class StepCache:
       self.programs[key] = fn.lower(table, state, vec, vec, cot).compile()
       self.compiles += 1
       self.compile_seconds += time.perf_counter() - t0
+      while len(self.programs) > self.max_programs:
+        self.programs.popitem(last=False)
+    self.programs.move_to_end(key)
     return self.programs[key]
 
   def buffers_for(self, key: GroupKey) -> list:
