@@ -2,8 +2,10 @@
 
     python scripts/evaluate.py --workdir DIR --split_file PATH
 
-Prints one JSON object: {"auc": ..., "logloss": ..., "ne": ..., "rows": ...}. A user error (a
-missing or malformed file, not a run directory) prints one line and exits with status 1.
+Prints one JSON object of the run's task metrics: for CTR {"auc": ..., "logloss": ..., "ne": ...,
+"rows": ...}; for image classification {"accuracy": ..., "nll": ..., "ece": ..., "rows": ...}
+(an IDX images file, its labels file found beside it). A user error (a missing or malformed file,
+not a run directory) prints one line and exits with status 1.
 """
 
 import json

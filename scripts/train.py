@@ -1,4 +1,7 @@
-"""Train a CTR model: ``python scripts/train.py --config configs/<name>.py --workdir DIR``.
+"""Train a model: ``python scripts/train.py --config configs/<name>.py --workdir DIR``.
+
+CTR models on tabular data and image classifiers on image data (the task follows the dataset;
+``config.recipe`` adds label smoothing, DLB or SMC: docs/smc.md).
 
 Any config field can be overridden, e.g. ``--config.data_dir=../shared/data/frappe
 --config.seed=1 --config.sharding.strategy=FULL_SHARD``; a dataset's options are

@@ -150,6 +150,13 @@ SYNTHETIC_SHORT = ('--config.dataset_options.synthetic.num_train=16384 '
                    '--config.dataset_options.synthetic.num_valid=4096 '
                    '--config.dataset_options.synthetic.num_test=4096')
 FRAPPE_SHORT = '--config.num_epochs=1 --config.batch_size=16384 --config.eval_batch_size=16384'
+# Fashion-MNIST: one epoch on 256 train images, 200 validation images.
+FMNIST_SHORT = ('--config.num_epochs=1 --config.dataset_options.fashion_mnist.train_rows=256 '
+                '--config.dataset_options.fashion_mnist.validation_per_class=20 '
+                '--config.eval_batch_size=200')
+FMNIST_STUDY_SHORT = ('--set num_epochs=1 --set dataset_options.fashion_mnist.train_rows=256 '
+                      '--set dataset_options.fashion_mnist.validation_per_class=20 '
+                      '--set eval_batch_size=200')
 # lm_max_length 16: the LM retriever encodes every user and item text (2,625 texts), which
 # dominates the block at the default 128 tokens.
 OPTIRAG_SHORT = ('--config.max_train_samples=16 --config.max_valid_samples=16 '
@@ -175,6 +182,12 @@ PRETRAIN_SHORT = ('--max_tables 3 --batch_size 64 --max_bytes 262144 --dims 8 --
 BENCH_PLANNER_SHORT = ('--batch_size 64 --memory_cap_bytes 262144 --tables 3,6 --dims 8 --runs 1 '
                        '--warmup 0 --ids_per_octave 1 --cost_model ' + TINY_COST_MODEL)
 FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
+# The first 16k / 4k rows of Frappe's train / validation files in ./frappe_head (a command prefix),
+# for study blocks whose one epoch on the full files took about two minutes in the suite.
+FRAPPE_HEAD = ('mkdir -p frappe_head && head -n 16384 ../shared/data/frappe/frappe.train.libfm'
+               ' > frappe_head/frappe.train.libfm && head -n 4096 '
+               '../shared/data/frappe/frappe.validation.libfm > '
+               'frappe_head/frappe.validation.libfm && ')
 
 COMMANDS: dict[str, object] = {
     # README.md: quickstart.
@@ -207,11 +220,7 @@ COMMANDS: dict[str, object] = {
     'python scripts/sparse_optimizer_study.py --models dlrm,deepfm --seeds 2021,2022,2023 '
     '--data_dir ../shared/data/frappe --root runs/sparse_study --out docs/sparse_optimizers':
         Run(replace=(('python scripts/sparse_optimizer_study.py',
-                      'mkdir -p frappe_head && head -n 16384 ../shared/data/frappe/frappe.train.libfm'
-                      ' > frappe_head/frappe.train.libfm && head -n 4096 '
-                      '../shared/data/frappe/frappe.validation.libfm > '
-                      'frappe_head/frappe.validation.libfm && '
-                      'python scripts/sparse_optimizer_study.py'),
+                      FRAPPE_HEAD + 'python scripts/sparse_optimizer_study.py'),
                      ('--data_dir ../shared/data/frappe', '--data_dir frappe_head'),
                      ('--models dlrm,deepfm', '--models dlrm'),
                      ('--seeds 2021,2022,2023', '--seeds 2021')),
@@ -326,15 +335,55 @@ COMMANDS: dict[str, object] = {
             append='--criteo_train_rows 2048 --criteo_valid_rows 512 --embedding_dim 8 '
                    '--max_vocab 1000 --profile_batch_size 256 --torch_threads 1',
             needs=('torch',), slow=True),
-    # docs/wukong_dhen.md: the d64 table and the wider DeepFM.
+    # docs/wukong_dhen.md: the d64 table and the wider DeepFM, on the first rows of Frappe (the
+    # full files took 108 s in the suite).
     'python scripts/frappe_results.py --models wukong,dhen --seeds 2021,2022,2023 '
     '--data_dir ../shared/data/frappe --root runs/frappe_d64':
-        Run(replace=(('--models wukong,dhen', '--models wukong'),
+        Run(replace=(('python scripts/frappe_results.py',
+                      FRAPPE_HEAD + 'python scripts/frappe_results.py'),
+                     ('--data_dir ../shared/data/frappe', '--data_dir frappe_head'),
+                     ('--models wukong,dhen', '--models wukong'),
                      ('--seeds 2021,2022,2023', '--seeds 2021')),
             needs=('shared_data',), slow=True),
     'python scripts/train.py --config configs/deepfm_frappe.py --workdir runs/deepfm_d32_2021 '
     '--config.data_dir=../shared/data/frappe --config.embedding_dim=32 --config.seed=2021':
-        Run(append=FRAPPE_SHORT, needs=('shared_data',), slow=True),
+        Run(replace=(('python scripts/train.py', FRAPPE_HEAD + 'python scripts/train.py'),
+                     ('--config.data_dir=../shared/data/frappe',
+                      '--config.data_dir=frappe_head')),
+            append=FRAPPE_SHORT, needs=('shared_data',), slow=True),
+    # docs/smc.md: one epoch on 256 training images (200 validation), scored on a 64-image
+    # head of the training file (made here: scoring all 60,000 is a minute of ResNet on CPU).
+    'python scripts/train.py --config configs/cnn_fashion_mnist.py --workdir runs/cnn_fmnist '
+    '--config.data_dir=../shared/data/fashion-mnist': Run(append=FMNIST_SHORT, needs=('shared_data',)),
+    'python scripts/train.py --config configs/resnet_fashion_mnist.py --workdir runs/resnet_fmnist '
+    '--config.data_dir=../shared/data/fashion-mnist': Run(append=FMNIST_SHORT, needs=('shared_data',)),
+    'python scripts/train.py --config configs/resnet_fashion_mnist_smc.py '
+    '--workdir runs/resnet_fmnist_smc --config.data_dir=../shared/data/fashion-mnist':
+        Run(append=FMNIST_SHORT, needs=('shared_data',)),
+    'python scripts/evaluate.py --workdir runs/resnet_fmnist_smc '
+    '--split_file ../shared/data/fashion-mnist/train-images-idx3-ubyte.gz':
+        Run(replace=(('python scripts/evaluate.py',
+                      'python -m tests.data.idx_head ../shared/data/fashion-mnist/'
+                      'train-images-idx3-ubyte.gz 64 fmnist_head && python scripts/evaluate.py'),
+                     ('../shared/data/fashion-mnist/train-images-idx3-ubyte.gz',
+                      'fmnist_head/head-images-idx3-ubyte.gz')),
+            needs=('shared_data',)),
+    # docs/smc.md: the studies, one seed, two methods, one epoch; Fashion-MNIST with the CNN on
+    # 256 images at 40% noise; Frappe on its first rows.
+    'python scripts/smc_study.py --config configs/resnet_fashion_mnist.py '
+    '--data_dir ../shared/data/fashion-mnist --seeds 2021,2022,2023 --noise 0,0.2,0.4 '
+    '--root runs/smc_study --out docs/smc_fashion_mnist':
+        Run(replace=(('configs/resnet_fashion_mnist.py', 'configs/cnn_fashion_mnist.py'),
+                     ('--seeds 2021,2022,2023 --noise 0,0.2,0.4', '--seeds 2021 --noise 0.4')),
+            append='--methods ce,smc_independent ' + FMNIST_STUDY_SHORT,
+            needs=('shared_data',), slow=True),
+    'python scripts/smc_study.py --config configs/deepfm_frappe.py --data_dir ../shared/data/frappe '
+    '--methods ce,smc_independent --noise 0 --root runs/smc_frappe --out docs/smc_frappe':
+        Run(replace=(('python scripts/smc_study.py', FRAPPE_HEAD + 'python scripts/smc_study.py'),
+                     ('--data_dir ../shared/data/frappe', '--data_dir frappe_head')),
+            append='--seeds 2021 --set num_epochs=1 --set batch_size=4096 '
+                   '--set eval_batch_size=4096',
+            needs=('shared_data',), slow=True),
     # docs/planner.md: plan=auto in training (two steps) and scripts/plan.py (see PLAN_SHORT).
     'python scripts/train.py --config configs/default.py --workdir runs/auto --cpu_devices=4 '
     '--config.embedding.plan=auto --config.embedding.planner=torchrec':

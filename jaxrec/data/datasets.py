@@ -19,7 +19,7 @@ import typing
 from types import ModuleType
 from typing import Any, Mapping, NamedTuple
 
-from jaxrec.data import avazu, criteo, frappe, libffm, movielens, synthetic
+from jaxrec.data import avazu, criteo, fashion_mnist, frappe, libffm, movielens, synthetic
 from jaxrec.data.dataset import ArrayDataset
 from jaxrec.data.tabular import LoadedDataset
 from jaxrec.errors import ConfigError
@@ -34,6 +34,7 @@ DATASETS: dict[str, ModuleType] = {
     'avazu': avazu,
     'libffm': libffm,
     'synthetic': synthetic,
+    'fashion_mnist': fashion_mnist,
 }
 
 # Datasets generated in memory, which need no data_dir.

@@ -153,3 +153,54 @@ def check_multi_hot(schema: FeatureSchema, ids: np.ndarray, lengths: np.ndarray,
       row, pos = np.argwhere(bad)[0]
       raise ValueError(f'{where}: row {row}: field {f.name!r} id {int(fid[row, pos])} is outside '
                        f'[0, {f.vocab_size})')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSchema:
+  """What an image-classification example holds, consumed by the vision models.
+
+  An example has ``image``: ``float32 [batch, height, width, channels]`` (normalised by the
+  dataset's mean and std), ``label``: ``int32 [batch]`` in ``[0, num_classes)`` and ``weight`` as
+  for CTR batches (0 on padding rows).
+
+  Attributes:
+    height, width, channels: the image shape.
+    num_classes: number of classes.
+    class_names: one name per class (``()`` when the dataset names none).
+  """
+  height: int
+  width: int
+  channels: int
+  num_classes: int
+  class_names: tuple[str, ...] = ()
+
+  kind = 'image'  # the ``kind`` of its dict (a FeatureSchema dict has none)
+
+  def __post_init__(self):
+    for name in ('height', 'width', 'channels', 'num_classes'):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f'ImageSchema.{name} must be >= 1, got {getattr(self, name)}')
+    if self.class_names and len(self.class_names) != self.num_classes:
+      raise ValueError(f'ImageSchema: {len(self.class_names)} class_names for '
+                       f'{self.num_classes} classes')
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.height, self.width, self.channels)
+
+  def to_dict(self) -> dict:
+    return {'kind': self.kind, 'height': self.height, 'width': self.width,
+            'channels': self.channels, 'num_classes': self.num_classes,
+            'class_names': list(self.class_names)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'ImageSchema':
+    return cls(height=d['height'], width=d['width'], channels=d['channels'],
+               num_classes=d['num_classes'], class_names=tuple(d.get('class_names', ())))
+
+
+def schema_from_dict(d: dict):
+  """The schema a ``to_dict`` gave: an ImageSchema for ``kind == 'image'``, else a FeatureSchema."""
+  if d.get('kind') == ImageSchema.kind:
+    return ImageSchema.from_dict(d)
+  return FeatureSchema.from_dict(d)

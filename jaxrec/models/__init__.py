@@ -1,7 +1,8 @@
-"""Whole CTR models; each maps a batch dict to logits ``float32 [batch]``.
+"""Whole models: CTR models map a batch dict to logits ``float32 [batch]``, image classifiers
+(``cnn``, ``resnet``; ``jaxrec.models.vision``) to logits ``float32 [batch, classes]``.
 
-Every model is a ``flax.linen`` Module built as ``Model(schema=schema, embedding_dim=...,
-<hyperparameters>)`` and applied as::
+Every model is a ``flax.linen`` Module built as ``Model(schema=schema, <hyperparameters>)`` (CTR
+models take ``embedding_dim``; image models an ``ImageSchema``) and applied as::
 
   logits, updates = model.apply(variables, features, train, rngs={'dropout': key},
                                 mutable=['batch_stats'])
@@ -16,17 +17,19 @@ import dataclasses
 
 import flax.linen as nn
 
-from jaxrec.data.schema import FeatureSchema
+from jaxrec.data.schema import FeatureSchema, ImageSchema
 from jaxrec.models.dcnv2 import DCNv2
 from jaxrec.models.deepfm import DeepFM
 from jaxrec.models.dhen import DHEN
 from jaxrec.models.dlrm import DLRM
 from jaxrec.models.fm import FM
 from jaxrec.models.lr import LR
+from jaxrec.models.vision import CNN, ResNet
 from jaxrec.models.wukong import Wukong
 
 MODELS: dict[str, type[nn.Module]] = {'lr': LR, 'fm': FM, 'deepfm': DeepFM, 'dlrm': DLRM,
-                                      'dcnv2': DCNv2, 'wukong': Wukong, 'dhen': DHEN}
+                                      'dcnv2': DCNv2, 'wukong': Wukong, 'dhen': DHEN,
+                                      'cnn': CNN, 'resnet': ResNet}
 
 
 def model_hyperparameters(cls: type[nn.Module]) -> tuple[str, ...]:
@@ -53,6 +56,10 @@ def build_model(name: str, schema: FeatureSchema, **kwargs) -> nn.Module:
   if bad:
     raise ValueError(f'model {name!r}: unknown hyperparameter(s) {bad}; valid: {list(valid)}')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  image_model = 'embedding_dim' not in valid
+  if image_model != isinstance(schema, ImageSchema):
+    raise ValueError(f'model {name!r} is a{"n image" if image_model else " CTR"} model; the data '
+                     f'has a {type(schema).__name__}')
   dim = kwargs.get('embedding_dim', 1)
   if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
     raise ValueError(f'model {name!r}: embedding_dim must be a positive int, got {dim!r}')

@@ -328,7 +328,7 @@ def plan_state(boxed_abstract: Any, mesh: Mesh, config: ShardingConfig) -> State
 
   Every boxed leaf gets its mesh axes from its logical names (parameters with the 'params' role,
   optimizer slots with the 'grads' role); everything else (step, rng, Adam's count, the learning
-  rate, BatchNorm statistics) is replicated. Under ``indivisible='pad'`` a parameter and its
+  rate, BatchNorm statistics, a training recipe's ``recipe_state``) is replicated. Under ``indivisible='pad'`` a parameter and its
   optimizer slots are stored padded to a multiple of their gradient layout's device counts (which
   the stored and compute layouts divide).
 
@@ -373,12 +373,15 @@ def plan_state(boxed_abstract: Any, mesh: Mesh, config: ShardingConfig) -> State
 
   abstract = logical.replace(params=padded(logical.params, grad_dims),
                              opt_state=padded(logical.opt_state, opt_dims))
+  held = {}  # a training recipe's state (e.g. held soft labels of one batch): replicated
+  if getattr(boxed_abstract, 'recipe_state', None) is not None:
+    held['recipe_state'] = jax.tree.map(lambda _: replicated, abstract.recipe_state)
   state_shardings = type(boxed_abstract)(
       step=replicated,
       params=jax.tree.map(lambda d: shard(d, p_kind), param_dims),
       batch_stats=jax.tree.map(lambda _: replicated, abstract.batch_stats),
       opt_state=jax.tree.map(lambda d: shard(d, o_kind), opt_dims),
-      rng=replicated)
+      rng=replicated, **held)
   batch_axes = tuple(a for a in (HOST_AXIS, 'data', rules_lib.FSDP) if a in mesh.axis_names)
   return StatePlan(mesh=mesh, config=config, abstract=abstract,
                    mask=rules_lib.embedding_mask(boxed_abstract.params), state=state_shardings,

@@ -10,12 +10,13 @@ import jax
 import ml_collections
 
 from jaxrec.data.datasets import read_split_file
-from jaxrec.data.schema import FeatureSchema
+from jaxrec.data.schema import ImageSchema, schema_from_dict
 from jaxrec.errors import RunDirError
 from jaxrec.train import state as state_lib
 from jaxrec.train import reshard
 from jaxrec.train.checkpoint import RunCheckpoints
-from jaxrec.train.loop import evaluate, make_model, optim_config
+from jaxrec.train.loop import evaluate, make_model, make_recipe, make_task, optim_config
+from jaxrec.train.recipes import with_next
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -43,10 +44,15 @@ def restore_for_inference(workdir: str, checkpoint: str = 'best'):
   """
   config = load_run_config(workdir)
   data_state = load_dataset_state(workdir)
-  schema = FeatureSchema.from_dict(data_state['schema'])
+  schema = schema_from_dict(data_state['schema'])
   model = make_model(config, schema)
-  tx = state_lib.make_optimizer(optim_config(config))
-  run = reshard.RunModel(model, schema, tx, _dummy_batch(schema), config.seed)
+  # The run's optimizer and recipe give its checkpoint's layout (steps do not change shapes).
+  tx = state_lib.make_optimizer(optim_config(config, total_steps=1))
+  recipe = make_recipe(config, make_task(config, schema), total_steps=1)
+  example = _dummy_batch(schema)
+  if recipe.lookahead:
+    example = with_next(example, example)
+  run = reshard.RunModel(model, schema, tx, example, config.seed, recipe, config.batch_size)
   emb = config.get('embedding') or {}
   ckpts = RunCheckpoints(workdir, read_only=True)
   try:
@@ -60,13 +66,16 @@ def restore_for_inference(workdir: str, checkpoint: str = 'best'):
                                       emb.get('optimizer', 'dense'))
   finally:
     ckpts.close()
-  state = restored[0].replace(opt_state=None, table_opt_state=None)
+  state = restored[0].replace(opt_state=None, table_opt_state=None, recipe_state=None)
   return config, model, state, data_state
 
 
-def _dummy_batch(schema: FeatureSchema) -> dict:
+def _dummy_batch(schema) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxrec.data.dataset import ArrayDataset  # pylint: disable=g-import-not-at-top
+  if isinstance(schema, ImageSchema):
+    return {'image': np.zeros((1,) + schema.shape, np.float32), 'label': np.zeros(1, np.int32),
+            'weight': np.ones(1, np.float32)}
   m, length = schema.num_multi_hot, schema.max_multi_hot_length
   ds = ArrayDataset(schema, sparse=np.zeros((1, schema.num_sparse), np.int32),
                     label=np.zeros(1, np.float32), dense=np.zeros((1, schema.num_dense), np.float32),
@@ -77,8 +86,10 @@ def _dummy_batch(schema: FeatureSchema) -> dict:
 
 def evaluate_split_file(workdir: str, split_file: str, checkpoint: str = 'best',
                         batch_size: Optional[int] = None) -> dict:
-  """auc / logloss / ne / rows of the run's ``checkpoint`` on ``split_file``."""
+  """The task's metrics (CTR: auc / logloss / ne / rows; classification: accuracy / nll / ece /
+  rows) of the run's ``checkpoint`` on ``split_file``."""
   config, model, state, data_state = restore_for_inference(workdir, checkpoint)
   data = read_split_file(config.dataset, split_file, data_state)
   eval_step = jax.jit(state_lib.make_eval_step(model))
-  return evaluate(eval_step, state, data, batch_size or config.eval_batch_size)
+  task = make_task(config, schema_from_dict(data_state['schema']))
+  return evaluate(eval_step, state, data, batch_size or config.eval_batch_size, task=task)

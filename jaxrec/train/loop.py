@@ -1,9 +1,15 @@
-"""The one training loop for every CTR model: the BARS protocol with exact resume.
+"""The one training loop for every model: the BARS protocol with exact resume.
+
+What is trained comes from the task of the data (``jaxrec.train.tasks``: CTR on tabular data,
+classification on images; ``config.task``) and a recipe (``jaxrec.train.recipes``: plain,
+label smoothing, DLB, SMC; ``config.recipe``).
 
 Protocol (FuxiCTR / BARS): Adam; validation every epoch; when the monitored metric does not improve
 by more than ``min_delta`` the learning rate is multiplied by ``lr_decay_factor`` (floor
 ``min_learning_rate``); training stops after ``early_stop_patience`` epochs without improvement;
 the best checkpoint is restored and evaluated on validation (and test when the dataset has one).
+With ``config.lr_schedule='cosine'`` the rate follows the cosine schedule instead of the plateau
+rule (early stopping still applies; set a patience of ``num_epochs`` to train every epoch).
 
 Resume: the loop position (epoch, batch within the epoch), the best metric, the stale-epoch count
 and the learning rate are checkpointed with the state; batches are a pure function of (seed,
@@ -16,6 +22,7 @@ nothing in the workdir is written before the config, data and model have passed 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -29,8 +36,9 @@ from tqdm.auto import tqdm
 
 from jaxrec.data.dataset import CTRSource, num_batches
 from jaxrec.data.datasets import LoadedDataset, load_dataset
+from jaxrec.data.noise import symmetric_label_noise
 from jaxrec.errors import ConfigError, RunDirError
-from jaxrec.models import build_model
+from jaxrec.models import MODELS, build_model, model_hyperparameters
 from jaxrec.train.host_data import gather_rows
 from jaxrec.train.sharded_trainer import ShardedTrainer
 from jaxrec.train.table_trainer import TableShardedTrainer
@@ -39,48 +47,87 @@ from jaxrec.train import run_config
 from jaxrec.train.checkpoint import RunCheckpoints
 from jaxrec.train import reshard
 from jaxrec.train.config import base_config, chosen_dataset_options
-from jaxrec.train.metrics import ctr_metrics
+from jaxrec.train.recipes import Recipe, recipe_from_config, with_next
+from jaxrec.train.tasks import CTRTask, Task, task_for
 from jaxrec.train.writers import MetricWriter
 
 PLAN_FILE = reshard.PLAN_FILE  # the resolved plan of a run with sharded tables
-MONITORS = ('auc', 'logloss', 'auc-logloss')
+MONITORS = tuple(CTRTask.monitors)  # the CTR task's; each task lists its own
 
 
-def monitor_value(metrics: dict, monitor: str) -> float:
-  """Higher is better: auc, -logloss, or auc - logloss (FuxiCTR's {AUC: 1, logloss: -1})."""
-  if monitor == 'auc':
-    return metrics['auc']
-  if monitor == 'logloss':
-    return -metrics['logloss']
-  if monitor == 'auc-logloss':
-    return metrics['auc'] - metrics['logloss']
-  raise ConfigError(f'config.monitor must be one of {MONITORS}, got {monitor!r}')
+def monitor_value(metrics: dict, monitor: str, task: Optional[Task] = None) -> float:
+  """Higher is better: for CTR auc, -logloss, or auc - logloss (FuxiCTR's {AUC: 1, logloss: -1});
+  for classification accuracy or -nll."""
+  return (task or CTRTask()).monitor_value(metrics, monitor)
 
 
-def optim_config(config: ml_collections.ConfigDict) -> state_lib.OptimConfig:
+def optim_config(config: ml_collections.ConfigDict, total_steps: int = 0) -> state_lib.OptimConfig:
+  """The optimizer settings of ``config``; ``total_steps`` (the run's steps) for the cosine
+  schedule (``config.warmup_epochs`` of them warm up)."""
+  schedule = config.get('lr_schedule', 'plateau')
+  warmup = 0
+  if schedule == 'cosine' and config.num_epochs:
+    warmup = int(round(total_steps * float(config.get('warmup_epochs', 0)) / config.num_epochs))
   return state_lib.OptimConfig(learning_rate=config.learning_rate,
                                max_grad_norm=config.max_grad_norm,
                                embedding_regularizer=config.embedding_regularizer,
-                               net_regularizer=config.net_regularizer)
+                               net_regularizer=config.net_regularizer,
+                               optimizer=config.get('optimizer', 'adam'),
+                               momentum=float(config.get('momentum', 0.9)),
+                               nesterov=bool(config.get('nesterov', False)),
+                               lr_schedule=schedule, total_steps=max(int(total_steps), 1),
+                               warmup_steps=warmup)
 
 
 def load_data(config: ml_collections.ConfigDict) -> LoadedDataset:
-  """``config.dataset`` loaded with its options (``config.chosen_dataset_options``)."""
-  return load_dataset(config.dataset, config.data_dir or None, **chosen_dataset_options(config))
+  """``config.dataset`` loaded with its options (``config.chosen_dataset_options``), with
+  ``config.label_noise`` applied to the training labels."""
+  data = load_dataset(config.dataset, config.data_dir or None, **chosen_dataset_options(config))
+  rate = float(config.get('label_noise', 0.0))
+  if not 0.0 <= rate < 1.0:
+    raise ConfigError(f'config.label_noise must be in [0, 1), got {rate}')
+  if rate:
+    seed = int(config.get('label_noise_seed', -1))
+    seed = config.seed if seed < 0 else seed
+    train = data.splits['train']
+    classes = getattr(data.schema, 'num_classes', 2)
+    noisy, flipped = symmetric_label_noise(train.label, rate, classes, seed)
+    train.label = noisy
+    data.state = dict(data.state, label_noise={'rate': rate, 'seed': seed,
+                                               'flipped': int(flipped.sum())})
+  return data
 
 
 def make_model(config: ml_collections.ConfigDict, schema):
-  """``config.model`` built with ``config.model_kwargs``; ConfigError if they do not fit."""
+  """``config.model`` built with ``config.model_kwargs`` (and ``config.embedding_dim`` when the
+  model takes one); ConfigError if they do not fit."""
   kwargs = dict(config.get('model_kwargs', {}) or {})
+  if config.model not in MODELS or 'embedding_dim' in model_hyperparameters(MODELS[config.model]):
+    kwargs['embedding_dim'] = config.embedding_dim
   try:
-    return build_model(config.model, schema, embedding_dim=config.embedding_dim, **kwargs)
+    return build_model(config.model, schema, **kwargs)
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model / config.model_kwargs: {e}') from None
 
 
+def make_task(config: ml_collections.ConfigDict, schema) -> Task:
+  """The task of ``config`` (``config.task``, ``config.task_options``) on data of ``schema``."""
+  options = config.get('task_options') or {}
+  options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else dict(options)
+  return task_for(schema, config.get('task', 'auto'), options)
+
+
+def make_recipe(config: ml_collections.ConfigDict, task: Task, total_steps: int) -> Recipe:
+  recipe = recipe_from_config(config, total_steps)
+  recipe.check(task)
+  return recipe
+
+
 def evaluate(eval_step, state, source: CTRSource, batch_size: int,
-             desc: Optional[str] = None, progress: bool = False) -> dict[str, float]:
-  """Scores every row of ``source`` (padding removed) and returns auc/logloss/ne/rows.
+             desc: Optional[str] = None, progress: bool = False,
+             task: Optional[Task] = None) -> dict[str, float]:
+  """Scores every row of ``source`` (padding removed) and returns the task's metrics (CTR:
+  auc/logloss/ne/rows).
 
   On several processes ``source`` yields this process's rows and the rows of all processes are
   gathered before the metrics.
@@ -95,7 +142,7 @@ def evaluate(eval_step, state, source: CTRSource, batch_size: int,
     weights.append(batch['weight'])
   labels, logits, weights = gather_rows(np.concatenate(labels), np.concatenate(logits),
                                         np.concatenate(weights))  # every process's rows
-  return ctr_metrics(labels, logits, weights)
+  return (task or CTRTask()).metrics(labels, logits, weights)
 
 
 def _initial_meta() -> dict:
@@ -113,18 +160,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ('batch_size', 'eval_batch_size', 'num_epochs', 'embedding_dim'):
     if int(config[name]) < 1:
       raise ConfigError(f'config.{name} must be >= 1, got {config[name]}')
-  if config.monitor not in MONITORS:
-    raise ConfigError(f'config.monitor must be one of {MONITORS}, got {config.monitor!r}')
   if not 0 < config.lr_decay_factor <= 1:
     raise ConfigError(f'config.lr_decay_factor must be in (0, 1], got {config.lr_decay_factor}')
 
 
-def make_trainer(config: ml_collections.ConfigDict, model, schema, tx, ocfg, example):
+def make_trainer(config: ml_collections.ConfigDict, model, schema, tx, ocfg, example,
+                 task: Optional[Task] = None, recipe: Optional[Recipe] = None):
   """The trainer of ``config``: ``TableShardedTrainer`` when ``config.embedding.plan`` shards the
   tables (the plan is printed), else ``ShardedTrainer`` (dense parameters by
   ``config.sharding``)."""
   emb = config.get('embedding') or base_config().embedding
   if emb.plan != 'none':
+    if (task is not None and task.name != 'ctr') or (recipe is not None and recipe.name != 'none'):
+      raise ConfigError(f'config.embedding.plan={emb.plan!r} (sharded tables) trains the CTR task '
+                        'with the plain recipe only; this config has task '
+                        f'{getattr(task, "name", "ctr")!r} and recipe '
+                        f'{getattr(recipe, "name", "none")!r} (set config.embedding.plan=none)')
     trainer = TableShardedTrainer.from_config(config, model, schema, tx, ocfg, example)
     trainer.check_batch_size(config.batch_size)
     if jax.process_index() == 0:
@@ -135,7 +186,7 @@ def make_trainer(config: ml_collections.ConfigDict, model, schema, tx, ocfg, exa
                       "(config.embedding.plan); with plan 'none' the tables train with optax "
                       "(optimizer 'dense')")
   try:
-    trainer = ShardedTrainer.from_config(config, model, tx, ocfg, example)
+    trainer = ShardedTrainer.from_config(config, model, tx, ocfg, example, task, recipe)
     trainer.check_batch_size(config.batch_size)
   except ValueError as e:
     raise ConfigError(f'sharding plan (config.sharding): {e}') from None
@@ -173,18 +224,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     run_config.check_dataset_state(start.source, data_state, override_config_check)
 
   model = make_model(config, data.schema)
-  ocfg = optim_config(config)
-  tx = state_lib.make_optimizer(ocfg)
+  task = make_task(config, data.schema)
+  task.check_monitor(config.monitor)
+  total_steps = config.num_epochs * num_batches(data.splits['train'].num_rows, config.batch_size)
+  recipe = make_recipe(config, task, total_steps)
+  ocfg = optim_config(config, total_steps)
+  try:
+    tx = state_lib.make_optimizer(ocfg)
+  except ValueError as e:
+    raise ConfigError(f'config.optimizer / config.lr_schedule: {e}') from None
   # The mesh, FSDP strategy and multi-host data (jaxrec.sharding): each process reads its rows.
   splits = dict(data.splits)
   example = next(splits['train'].batches(config.batch_size))
-  trainer = make_trainer(config, model, data.schema, tx, ocfg, example)
+  if recipe.lookahead:
+    example = with_next(example, example)
+  trainer = make_trainer(config, model, data.schema, tx, ocfg, example, task, recipe)
   splits = {k: trainer.local_source(v) for k, v in splits.items()}
   train, valid = splits['train'], splits['valid']
   state, _ = trainer.init_state()
   meta = _initial_meta()
   restored = best = None
-  run = reshard.RunModel(model, data.schema, tx, example, config.seed)
+  run = reshard.RunModel(model, data.schema, tx, example, config.seed, recipe)
   if start.source is not None:
     restored, best = _restore(start.source, state, trainer, run, with_best=fork_from is not None)
     state, meta = restored
@@ -220,8 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                    train.num_rows),
                  unit='ex', unit_scale=True, desc=f'epoch {epoch + 1}', disable=not show)
       acc, acc_n, t0 = {}, 0, time.perf_counter()
-      for batch in train.batches(config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                                 start=meta['batch']):
+      for batch in _train_batches(train, config, epoch, meta['batch'], recipe.lookahead):
         state, m = train_step(state, batch)
         meta['batch'] += 1
         step = int(state.step)
@@ -248,12 +307,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           bar.close()
           return {'stopped_at_step': step}
       bar.close()
-      meta = _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts)
-      state = trainer.set_learning_rate(state, meta['lr'])
+      meta = _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts, task)
+      if ocfg.lr_schedule == 'plateau':
+        state = trainer.set_learning_rate(state, meta['lr'])
       ckpts.save('latest', int(state.step), state, meta)
     restore_best = lambda: reshard.restore_state(ckpts, 'best', trainer, state, run, workdir)
     results = _final_evaluation(config, eval_step, state, splits, meta, restore_best,
-                                getattr(data.splits['valid'], 'teacher_logit', None))
+                                getattr(data.splits['valid'], 'teacher_logit', None), task)
     writer.write(int(state.step), 'final', {f'{s}_{k}': v for s, d in results.items()
                                             if isinstance(d, dict) for k, v in d.items()})
     _write_json(os.path.join(workdir, 'results.json'), results)
@@ -289,12 +349,28 @@ def _position(meta: dict, steps_per_epoch: int, num_epochs: int) -> str:
   return f'epoch {meta["epoch"] + 1}, {meta["batch"]} of {steps_per_epoch} batches done'
 
 
-def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
+def _train_batches(train, config, epoch: int, start: int, lookahead: bool):
+  """The epoch's training batches from batch ``start`` on; with ``lookahead`` each carries the
+  batch that follows it in training (the next epoch's first after the last), under ``next.``."""
+  def stream(e, s):
+    return train.batches(config.batch_size, shuffle=True, seed=config.seed, epoch=e, start=s)
+  batches = stream(epoch, start)
+  if not lookahead:
+    yield from batches
+    return
+  following = itertools.chain(stream(epoch, start + 1), stream(epoch + 1, 0))
+  for batch, nxt in zip(batches, following):
+    yield with_next(batch, nxt)
+
+
+def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts,
+                  task: Optional[Task] = None) -> dict:
   """Validation, best checkpoint, learning-rate decay and early stopping for one epoch."""
+  task = task or CTRTask()
   meta = dict(meta)
   metrics = evaluate(eval_step, state, valid, config.eval_batch_size, desc='valid',
-                     progress=config.progress and jax.process_index() == 0)
-  value = monitor_value(metrics, config.monitor)
+                     progress=config.progress and jax.process_index() == 0, task=task)
+  value = task.monitor_value(metrics, config.monitor)
   lr = state_lib.get_learning_rate(state)
   epoch = meta['epoch']
   if meta['best'] is None or value > meta['best'] + config.min_delta:
@@ -302,12 +378,13 @@ def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
     ckpts.save('best', int(state.step), state, {'epoch': epoch, 'valid': metrics})
   else:
     meta['stale'] += 1
-    lr = max(lr * config.lr_decay_factor, config.min_learning_rate)
+    if config.get('lr_schedule', 'plateau') == 'plateau':
+      lr = max(lr * config.lr_decay_factor, config.min_learning_rate)
   if meta['stale'] >= config.early_stop_patience:
     meta['done'] = True
   writer.write(int(state.step), 'valid', dict(metrics, epoch=epoch + 1, learning_rate=lr))
   if jax.process_index() == 0:
-    print(f'epoch {epoch + 1}: valid auc {metrics["auc"]:.6f} logloss {metrics["logloss"]:.6f} '
+    print(f'epoch {epoch + 1}: valid {task.summary(metrics)} '
           f'(best epoch {meta["best_epoch"] + 1}, lr {lr:g})', flush=True)
   meta['history'] = meta['history'] + [dict(metrics, epoch=epoch + 1)]
   meta.update(epoch=epoch + 1, batch=0, lr=lr)
@@ -315,7 +392,7 @@ def _end_of_epoch(config, eval_step, state, valid, meta, writer, ckpts) -> dict:
 
 
 def _final_evaluation(config, eval_step, state, splits, meta, restore_best,
-                      bayes_logit=None) -> dict:
+                      bayes_logit=None, task: Optional[Task] = None) -> dict:
   """Restores the best checkpoint and scores valid (and test when present).
 
   ``bayes_logit(batch)``, when the data has one (the synthetic generator's ``teacher_logit``),
@@ -330,10 +407,12 @@ def _final_evaluation(config, eval_step, state, splits, meta, restore_best,
              'steps': int(state.step), 'history': meta['history']}
   for split in ('valid', 'test'):
     if split in splits:
-      results[split] = evaluate(eval_step, best_state, splits[split], config.eval_batch_size)
+      results[split] = evaluate(eval_step, best_state, splits[split], config.eval_batch_size,
+                                task=task)
       if bayes_logit is not None:
         results[f'bayes_optimal_{split}'] = evaluate(lambda _, batch: bayes_logit(batch), None,
-                                                     splits[split], config.eval_batch_size)
+                                                     splits[split], config.eval_batch_size,
+                                                     task=task)
   if jax.process_index() == 0:
     print('best checkpoint: ' + json.dumps({k: results[k] for k in (
         'best_epoch', 'valid', 'bayes_optimal_valid') if k in results}), flush=True)

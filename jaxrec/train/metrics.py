@@ -79,3 +79,46 @@ def ctr_metrics(labels: np.ndarray, logits: np.ndarray,
     labels, logits = labels[keep], logits[keep]
   return {'auc': auc(labels, logits), 'logloss': logloss_from_logits(labels, logits),
           'ne': normalized_entropy(labels, logits), 'rows': int(len(labels))}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+  z = logits - logits.max(axis=-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+  """ECE (Guo et al., 2017): rows binned by confidence (the top class probability) into ``bins``
+  equal-width bins of (0, 1]; the row-weighted mean of |accuracy - mean confidence| per bin."""
+  labels = np.asarray(labels).reshape(-1)
+  probs = np.asarray(probs, np.float64)
+  conf = probs.max(axis=-1)
+  correct = (probs.argmax(axis=-1) == labels).astype(np.float64)
+  # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 cannot occur.
+  which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+  total = 0.0
+  for b in range(bins):
+    sel = which == b
+    if sel.any():
+      total += sel.sum() * abs(correct[sel].mean() - conf[sel].mean())
+  return float(total / max(len(labels), 1))
+
+
+def classification_metrics(labels: np.ndarray, logits: np.ndarray,
+                           weight: np.ndarray | None = None, ece_bins: int = 15
+                           ) -> dict[str, float]:
+  """accuracy, nll (mean negative log-likelihood, nats), ece and rows over the rows with nonzero
+  weight; ``logits`` is ``[rows, classes]``, ``labels`` integer classes ``[rows]``."""
+  labels = np.asarray(labels).reshape(-1).astype(np.int64)
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2 or len(logits) != len(labels):
+    raise ValueError(f'logits {logits.shape} must be [rows, classes] for {len(labels)} labels')
+  if weight is not None:
+    keep = np.asarray(weight).reshape(-1) > 0
+    labels, logits = labels[keep], logits[keep]
+  if len(labels) == 0:
+    raise ValueError('classification metrics of zero rows')
+  logp = _log_softmax(logits)
+  return {'accuracy': float(np.mean(logp.argmax(axis=-1) == labels)),
+          'nll': float(-np.mean(logp[np.arange(len(labels)), labels])),
+          'ece': expected_calibration_error(labels, np.exp(logp), ece_bins),
+          'rows': int(len(labels))}

@@ -46,7 +46,6 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxrec.data.schema import FeatureSchema
 from jaxrec.embeddings.config import EmbeddingBagConfig
 from jaxrec.embeddings.sparse_optim import SparseOptimizer
 from jaxrec.errors import RunDirError
@@ -55,6 +54,7 @@ from jaxrec.sharding.embedding_plan import EmbeddingPlan
 from jaxrec.sharding.embedding_shard import AXES, ShardedEmbeddingBagCollection
 from jaxrec.train import state as state_lib
 from jaxrec.train.checkpoint import RunCheckpoints
+from jaxrec.train.recipes import Recipe
 from jaxrec.train.sharded_trainer import ShardedTrainer
 from jaxrec.train.table_trainer import TableShardedTrainer, model_tables
 
@@ -75,20 +75,29 @@ def layout_record(trainer: Any) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class RunModel:
-  """The model of a run, as reading its checkpoints in the unsharded form needs it."""
+  """The model of a run, as reading its checkpoints in the unsharded form needs it.
+
+  ``recipe``: the run's training recipe (its held state is part of the checkpoint, shaped by the
+  run's ``batch_size``; 0 = the example batch's rows).
+  """
   model: nn.Module
-  schema: FeatureSchema
+  schema: Any  # FeatureSchema or ImageSchema
   tx: optax.GradientTransformation
   example_batch: dict
   seed: int
+  recipe: Optional[Recipe] = None
+  batch_size: int = 0
 
   @functools.cached_property
   def boxed(self) -> state_lib.TrainState:
     """The initial state, abstract (``jax.ShapeDtypeStruct`` s), parameters boxed."""
-    feats = {k: np.zeros(np.shape(v), np.asarray(v).dtype)
+    def rows(v):
+      shape = np.shape(v)
+      return ((self.batch_size or shape[0]),) + shape[1:]
+    feats = {k: jax.ShapeDtypeStruct(rows(v), np.asarray(v).dtype)
              for k, v in state_lib.features(self.example_batch).items()}
-    return jax.eval_shape(lambda: state_lib.init_boxed_state(self.model, feats, self.tx,
-                                                             self.seed))
+    return jax.eval_shape(lambda f: state_lib.init_boxed_state(self.model, f, self.tx, self.seed,
+                                                               self.recipe), feats)
 
   @property
   def unsharded(self) -> state_lib.TrainState:

@@ -39,6 +39,8 @@ from jaxrec.sharding.shard_map_fsdp import make_shard_map_loss_and_grad
 from jaxrec.train import host_data as data_lib
 from jaxrec.train import state as state_lib
 from jaxrec.train.config import base_config
+from jaxrec.train.recipes import Recipe
+from jaxrec.train.tasks import Task
 
 
 class ShardedTrainer:
@@ -52,13 +54,19 @@ class ShardedTrainer:
 
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
                optim: state_lib.OptimConfig, mesh: Mesh, config: ShardingConfig,
-               example_batch: dict, seed: int = 0):
+               example_batch: dict, seed: int = 0, task: Optional[Task] = None,
+               recipe: Optional[Recipe] = None):
     self.mesh = mesh
     self._model, self._tx, self._optim, self._seed = model, tx, optim, seed
+    self._task, self._recipe = task, recipe
+    if config.implementation == 'shard_map' and (
+        (task is not None and task.name != 'ctr') or (recipe is not None and recipe.name != 'none')):
+      raise ValueError("implementation 'shard_map' trains the CTR task with the plain recipe only; "
+                       "use implementation 'gspmd' for other tasks and recipes")
     example = state_lib.zero_features(example_batch)
 
     def boxed_init():
-      return state_lib.init_boxed_state(model, example, tx, seed)
+      return state_lib.init_boxed_state(model, example, tx, seed, recipe)
 
     self.plan: StatePlan = plan_state(jax.eval_shape(boxed_init), mesh, config)
     self.report: UnshardedReport = check_unsharded(self.plan)
@@ -69,11 +77,12 @@ class ShardedTrainer:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, model: nn.Module,
                   tx: optax.GradientTransformation, optim: state_lib.OptimConfig,
-                  example_batch: dict) -> 'ShardedTrainer':
+                  example_batch: dict, task: Optional[Task] = None,
+                  recipe: Optional[Recipe] = None) -> 'ShardedTrainer':
     """From a run config's ``sharding`` section (defaults if it has none) and ``seed``."""
     scfg = config.get('sharding') or base_config().sharding
     return cls(model, tx, optim, mesh_from_config(scfg), ShardingConfig.from_config(scfg),
-               example_batch, config.seed)
+               example_batch, config.seed, task, recipe)
 
   # --- steps ------------------------------------------------------------------------------------
 
@@ -87,7 +96,8 @@ class ShardedTrainer:
           state_lib.features)
       rules = ()  # no activation constraints inside shard_map
     else:
-      loss_and_grad = state_lib.make_loss_and_grad(step_model, plan.mask, self._optim, hooks)
+      loss_and_grad = state_lib.make_loss_and_grad(step_model, plan.mask, self._optim, hooks,
+                                                   self._task, self._recipe)
       rules = plan.activation_rules
     train = state_lib.make_train_step(step_model, self._tx, plan.mask, self._optim,
                                       loss_and_grad)
@@ -139,7 +149,8 @@ class ShardedTrainer:
     return self._train(state, self.global_batch(local_batch))
 
   def eval_step(self, state: state_lib.TrainState, local_batch: dict) -> np.ndarray:
-    """Logits ``float32 [rows]`` of this process's rows (padded internally to split evenly)."""
+    """Model outputs (``float32 [rows]`` logits for CTR, ``[rows, classes]`` for classification)
+    of this process's rows (padded internally to split evenly)."""
     return data_lib.eval_local_rows(lambda b: self._eval(state, b), self.global_batch,
                                     local_batch, self.plan.batch_divisor)
 

@@ -1,4 +1,8 @@
-"""Train state, optimizer and the jitted train / eval steps shared by every CTR model."""
+"""Train state, optimizer and the jitted train / eval steps shared by every model.
+
+What a step optimises comes from a task (``jaxrec.train.tasks``: CTR by default) and a recipe
+(``jaxrec.train.recipes``: plain cross-entropy by default).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from flax import struct
 # imports jaxrec.train); they are part of this module's interface too.
 from jaxrec.sharding.hooks import ForwardHooks, LossAndGrad
 from jaxrec.sharding.rules import embedding_mask
+from jaxrec.train.recipes import PlainRecipe, Recipe, StepInputs
+from jaxrec.train.tasks import CTRTask, Task, weighted_mean
 
 PyTree = Any
 
@@ -32,6 +38,8 @@ class TrainState:
     rng: base PRNG key (uint32[2]); step ``s`` uses ``fold_in(rng, s)`` for dropout.
     table_opt_state: state of the fused sparse optimizer of sharded embedding tables
       (``jaxrec.train.table_trainer``); None when the tables train with optax.
+    recipe_state: what the training recipe holds from one step to the next (e.g. SMC's soft
+      labels, ``jaxrec.train.recipes``); None for recipes that hold nothing.
   """
   step: jnp.ndarray
   params: PyTree
@@ -39,6 +47,7 @@ class TrainState:
   opt_state: PyTree
   rng: jnp.ndarray
   table_opt_state: PyTree = None
+  recipe_state: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +59,56 @@ class OptimConfig:
     max_grad_norm: global-norm gradient clipping (FuxiCTR clips at 10); 0 disables it.
     embedding_regularizer: lambda of ``lambda/2 * ||W||^2`` over every embedding table (found by
       its ``'vocab'`` logical axis), added to the loss each step as FuxiCTR does.
-    net_regularizer: the same over all other parameters.
+    net_regularizer: the same over all other parameters (with SGD this is PyTorch's coupled
+      ``weight_decay``).
+    optimizer: 'adam' (BARS) or 'sgd' (with ``momentum``, Nesterov if ``nesterov``).
+    lr_schedule: 'plateau' (a constant rate the loop lowers when validation stalls, BARS) or
+      'cosine' (cosine decay to 0 over ``total_steps`` after ``warmup_steps`` of linear warm-up).
   """
   learning_rate: float = 1e-3
   max_grad_norm: float = 10.0
   embedding_regularizer: float = 0.0
   net_regularizer: float = 0.0
+  optimizer: str = 'adam'
+  momentum: float = 0.9
+  nesterov: bool = False
+  lr_schedule: str = 'plateau'
+  total_steps: int = 0
+  warmup_steps: int = 0
+
+
+OPTIMIZERS = ('adam', 'sgd')
+LR_SCHEDULES = ('plateau', 'cosine')
+
+
+def learning_rate_schedule(cfg: OptimConfig):
+  """The rate, or for 'cosine' the schedule step -> rate."""
+  if cfg.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}')
+  if cfg.lr_schedule == 'plateau':
+    return cfg.learning_rate
+  if cfg.total_steps < 1:
+    raise ValueError(f"lr_schedule 'cosine' needs total_steps >= 1, got {cfg.total_steps}")
+  if cfg.warmup_steps:
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                              max(cfg.total_steps, cfg.warmup_steps + 1))
+  return optax.cosine_decay_schedule(cfg.learning_rate, cfg.total_steps)
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  """Adam with the learning rate injected as a hyperparameter (set on plateau by the loop)."""
-  adam = optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate)
+  """Adam or SGD with the learning rate injected as a hyperparameter (set on plateau by the loop,
+  or following the cosine schedule), after global-norm clipping when ``max_grad_norm`` > 0."""
+  if cfg.optimizer not in OPTIMIZERS:
+    raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}')
+  lr = learning_rate_schedule(cfg)
+  if cfg.optimizer == 'adam':
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+  else:
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=cfg.momentum or None,
+                                              nesterov=cfg.nesterov)
   if cfg.max_grad_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam)
-  return adam
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+  return opt
 
 
 def _with_lr(adam_state, lr: float):
@@ -90,36 +135,42 @@ def set_learning_rate(state: TrainState, lr: float) -> TrainState:
 
 
 def init_boxed_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
-                     seed: int) -> TrainState:
+                     seed: int, recipe: Optional[Recipe] = None) -> TrainState:
   """The initial state with parameters (and the optimizer state built on them) still boxed.
 
   Parameters stay ``nn.LogicallyPartitioned`` (carrying their logical axis names) and so do the
   optimizer's per-parameter slots (Adam's ``mu``/``nu``), which lets ``jax.eval_shape`` of this
   function tell the sharding code every array's logical axes. ``nn.meta.unbox`` gives the state
-  ``create_train_state`` returns.
+  ``create_train_state`` returns. ``recipe`` (its state is made from the model's output shape).
   """
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init({'params': init_rng, 'dropout': init_rng}, features(example_batch),
-                         train=False)
+  feats = features(example_batch)
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, feats, train=False)
   boxed = variables['params']
   batch_stats = nn.meta.unbox(variables.get('batch_stats', {}))
+  held = None
+  if recipe is not None:
+    outputs = jax.eval_shape(lambda v: model.apply(v, feats, train=False), nn.meta.unbox(variables))
+    held = recipe.init_state(outputs)
   return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, batch_stats=batch_stats,
-                    opt_state=tx.init(boxed), rng=state_rng)
+                    opt_state=tx.init(boxed), rng=state_rng, recipe_state=held)
 
 
 def create_train_state(model: nn.Module, example_batch: dict, tx: optax.GradientTransformation,
-                       seed: int) -> tuple[TrainState, PyTree]:
+                       seed: int, recipe: Optional[Recipe] = None) -> tuple[TrainState, PyTree]:
   """Initialises the model on ``example_batch`` and returns (state, embedding mask)."""
-  boxed = init_boxed_state(model, example_batch, tx, seed)
+  boxed = init_boxed_state(model, example_batch, tx, seed, recipe)
   return nn.meta.unbox(boxed), embedding_mask(boxed.params)
 
 
-FEATURE_KEYS = ('sparse', 'dense', 'multi_hot_ids', 'multi_hot_lengths', 'multi_hot_weights')
+# Model inputs: CTR fields (jaxrec.data.schema.FeatureSchema) and images (ImageSchema).
+FEATURE_KEYS = ('sparse', 'dense', 'multi_hot_ids', 'multi_hot_lengths', 'multi_hot_weights',
+                'image')
 
 
 def features(batch: dict) -> dict:
-  """The model inputs of a batch (drops label and weight)."""
+  """The model inputs of a batch (drops label, weight and a recipe's lookahead batch)."""
   return {k: batch[k] for k in FEATURE_KEYS if k in batch}
 
 
@@ -130,8 +181,7 @@ def zero_features(batch: dict) -> dict:
 
 def weighted_bce(logits: jnp.ndarray, labels: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
   """Mean binary cross-entropy over rows with weight > 0 (padding rows have weight 0)."""
-  per_row = optax.sigmoid_binary_cross_entropy(logits, labels)
-  return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+  return weighted_mean(optax.sigmoid_binary_cross_entropy(logits, labels), weight)
 
 
 def regularization(params: PyTree, mask: PyTree, cfg: OptimConfig) -> jnp.ndarray:
@@ -145,26 +195,37 @@ def regularization(params: PyTree, mask: PyTree, cfg: OptimConfig) -> jnp.ndarra
 
 
 def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,
-                       hooks: ForwardHooks = ForwardHooks()) -> LossAndGrad:
-  """The loss (weighted BCE + regularization) of a batch and its gradient in the parameters."""
+                       hooks: ForwardHooks = ForwardHooks(), task: Optional[Task] = None,
+                       recipe: Optional[Recipe] = None) -> LossAndGrad:
+  """The loss (the recipe's loss of the task's outputs + regularization) of a batch and its
+  gradient in the parameters; CTR with plain cross-entropy by default.
+
+  The auxiliary output is ``(data_loss, reg_loss, new_batch_stats, (recipe_state, metrics))``.
+  """
+  task = CTRTask() if task is None else task
+  recipe = PlainRecipe() if recipe is None else recipe
+
+  def forward(params, feats, key, stats):
+    params, feats = hooks.prepare(params, feats)
+    variables = {'params': params}
+    if stats:
+      variables['batch_stats'] = stats
+    out, updates = model.apply(variables, feats, train=True, rngs={'dropout': key},
+                               mutable=['batch_stats'])
+    return out, updates.get('batch_stats', {})
+
+  forward_fn = hooks.checkpoint(forward)
 
   def loss_and_grad(state: TrainState, batch: dict, dropout_rng: jax.Array):
-
-    def forward(params, feats):
-      params, feats = hooks.prepare(params, feats)
-      variables = {'params': params}
-      if state.batch_stats:
-        variables['batch_stats'] = state.batch_stats
-      return model.apply(variables, feats, train=True, rngs={'dropout': dropout_rng},
-                         mutable=['batch_stats'])
-
-    forward_fn = hooks.checkpoint(forward)
+    del dropout_rng  # the recipe derives its keys from (state.rng, state.step), as this was
+    inputs = StepInputs(task=task, forward=forward_fn, features=features, batch=batch,
+                        step=state.step, rng=state.rng, batch_stats=state.batch_stats,
+                        recipe_state=state.recipe_state)
 
     def loss_fn(params):
-      logits, updates = forward_fn(params, features(batch))
-      data_loss = weighted_bce(logits, batch['label'], batch['weight'])
+      data_loss, stats, held, metrics = recipe.loss(params, inputs)
       reg = regularization(params, mask, cfg)
-      return data_loss + reg, (data_loss, reg, updates.get('batch_stats', {}))
+      return data_loss + reg, (data_loss, reg, stats, (held, metrics))
 
     out, grads = jax.value_and_grad(loss_fn, has_aux=True)(hooks.cast_params(state.params))
     return out, hooks.reduce_grads(grads)
@@ -185,13 +246,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Py
 
   def train_step(state: TrainState, batch: dict):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-    (loss, (data_loss, reg, new_stats)), grads = loss_and_grad(state, batch, dropout_rng)
+    (loss, aux), grads = loss_and_grad(state, batch, dropout_rng)
+    data_loss, reg, new_stats = aux[:3]
+    held, extra = aux[3] if len(aux) > 3 else (state.recipe_state, {})
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              batch_stats=new_stats if state.batch_stats else state.batch_stats)
+                              batch_stats=new_stats if state.batch_stats else state.batch_stats,
+                              recipe_state=held)
     metrics = {'loss': loss, 'data_loss': data_loss, 'reg_loss': reg,
-               'grad_norm': optax.tree.norm(grads), 'update_norm': optax.tree.norm(updates)}
+               'grad_norm': optax.tree.norm(grads), 'update_norm': optax.tree.norm(updates),
+               **extra}
     return new_state, metrics
 
   return train_step

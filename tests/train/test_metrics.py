@@ -67,3 +67,27 @@ def test_ctr_metrics_drops_padding_rows():
   assert m['rows'] == 4
   assert m['auc'] == pytest.approx(brute_force_auc(labels[:4], logits[:4]), abs=1e-15)
   assert m['logloss'] == pytest.approx(metrics.logloss_from_logits(labels[:4], logits[:4]), abs=1e-15)
+
+
+def test_classification_metrics_hand_case():
+  # Four rows, three classes; the fifth has weight 0 (padding) and is ignored.
+  probs = np.array([[0.7, 0.2, 0.1],   # conf 0.7, predicts 0, label 0: right
+                    [0.3, 0.6, 0.1],   # conf 0.6, predicts 1, label 2: wrong
+                    [0.1, 0.1, 0.8],   # conf 0.8, predicts 2, label 2: right
+                    [0.25, 0.5, 0.25],  # conf 0.5, predicts 1, label 1: right
+                    [1.0, 0.0, 0.0]])
+  labels = np.array([0, 2, 2, 1, 1])
+  m = metrics.classification_metrics(labels, np.log(np.maximum(probs, 1e-30)),
+                                     np.array([1, 1, 1, 1, 0.0]), ece_bins=5)
+  assert m['rows'] == 4
+  assert m['accuracy'] == 0.75
+  np.testing.assert_allclose(m['nll'], -np.mean(np.log([0.7, 0.1, 0.8, 0.5])), rtol=1e-12)
+  # Bins of width 0.2: (0.4, 0.6] holds rows 2 and 4 (conf 0.6, 0.5; accuracy 1/2);
+  # (0.6, 0.8] holds rows 1 and 3 (conf 0.7, 0.8; accuracy 1).
+  want = (2 * abs(0.5 - 0.55) + 2 * abs(1.0 - 0.75)) / 4
+  np.testing.assert_allclose(m['ece'], want, rtol=1e-12)
+
+
+def test_classification_metrics_checks_shapes():
+  with pytest.raises(ValueError, match='classes'):
+    metrics.classification_metrics(np.zeros(3), np.zeros(3))

@@ -10,3 +10,4 @@ from jaxrec.data.tfds.source import (TFDSSource, schema_from_info, source_from_b
                                      state_from_info)
 from jaxrec.data.tfds.builders import (AvazuBuilder, CriteoBuilder, FrappeBuilder, LibFFMBuilder,
                                        MovieLensBuilder)
+from jaxrec.data.tfds.fashion_mnist import FashionMNISTBuilder
