@@ -37,13 +37,6 @@ from jaxrec.train.metrics import auc, logloss_from_logits
 THRESHOLDS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, float('inf'))
 
 
-def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float, float]:
-  """:func:`jaxrec.serving.timing.alternating_times` of two functions: ``(wall_a, wall_b, cpu_a,
-  cpu_b)`` seconds."""
-  wall, cpu = alternating_times([fn_a, fn_b], repeats)
-  return float(wall[0]), float(wall[1]), float(cpu[0]), float(cpu[1])
-
-
 def sweep(margins: np.ndarray, labels: np.ndarray, thresholds, agree: int) -> list[dict]:
   L = margins.shape[0]
   out = []
@@ -96,7 +89,8 @@ def study_run(workdir: str, a, label: str = '') -> tuple[list[dict], dict]:
         for s in range(0, len(ids), bs):
           served.append(server(ids[s:s + bs], mask[s:s + bs], th, a.agree))
 
-      full_secs, exit_secs, full_cpu, exit_cpu = paired_times(run_full, run_exit, a.repeats)
+      (full_secs, exit_secs), (full_cpu, exit_cpu) = (
+          map(float, t) for t in alternating_times([run_full, run_exit], a.repeats))
       margin = np.concatenate([x[0] for x in served])
       layer = np.concatenate([x[1] for x in served])
       sim_layer, sim_margin = exits_at(test_m[:, :a.rows], th, a.agree)

@@ -31,6 +31,8 @@ import sys
 
 import numpy as np
 
+from jaxrec.train import study
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {
     'ce': {'recipe': 'none'},
@@ -42,32 +44,15 @@ METHODS = {
 FIELDS = ('method', 'noise', 'seed', 'epoch', 'metric', 'value', 'best_epoch', 'epochs_run')
 
 
-def _set(config, path: str, value) -> None:
-  *groups, field = path.split('.')
-  node = config
-  for g in groups:
-    node = node[g]
-  old = node[field]
-  if isinstance(old, bool):
-    value = str(value).lower() in ('1', 'true', 'yes')
-  elif isinstance(old, (int, float, str)):
-    value = type(old)(value)
-  node[field] = value
-
-
 def build_config(args, method: str, noise: float, seed: int):
   config = runpy.run_path(args.config)['get_config']()
   if args.data_dir:
     config.data_dir = args.data_dir
-  for item in args.set:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise SystemExit(f'--set {item!r}: expected key=value')
-    _set(config, key, value)
+  study.apply_overrides(config, args.set)
   if 'num_epochs' in [s.partition('=')[0] for s in args.set]:
     config.early_stop_patience = max(config.early_stop_patience, config.num_epochs)
   for key, value in METHODS[method].items():
-    _set(config, key, value)
+    study.set_field(config, key, value)
   config.label_noise = noise
   config.seed = seed
   config.progress = args.progress
@@ -75,15 +60,9 @@ def build_config(args, method: str, noise: float, seed: int):
 
 
 def run_one(args, method: str, noise: float, seed: int) -> list[dict]:
-  from jaxrec.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   workdir = os.path.join(args.root, f'{method}_noise{noise:g}_seed{seed}')
   config = build_config(args, method, noise, seed)
-  done = os.path.join(workdir, 'results.json')
-  if os.path.exists(done):
-    with open(done, encoding='utf-8') as f:
-      results = json.load(f)
-  else:
-    results = train_and_evaluate(config, workdir)
+  results = study.run_or_read(config, workdir)
   metric = config.monitor
   rows = [{'method': method, 'noise': noise, 'seed': seed, 'epoch': h['epoch'], 'metric': metric,
            'value': h[metric], 'best_epoch': results['best_epoch'],

@@ -150,13 +150,14 @@ SYNTHETIC_SHORT = ('--config.dataset_options.synthetic.num_train=16384 '
                    '--config.dataset_options.synthetic.num_valid=4096 '
                    '--config.dataset_options.synthetic.num_test=4096')
 FRAPPE_SHORT = '--config.num_epochs=1 --config.batch_size=16384 --config.eval_batch_size=16384'
-# Fashion-MNIST: one epoch on 256 train images, 200 validation images.
-FMNIST_SHORT = ('--config.num_epochs=1 --config.dataset_options.fashion_mnist.train_rows=256 '
-                '--config.dataset_options.fashion_mnist.validation_per_class=20 '
-                '--config.eval_batch_size=200')
-FMNIST_STUDY_SHORT = ('--set num_epochs=1 --set dataset_options.fashion_mnist.train_rows=256 '
-                      '--set dataset_options.fashion_mnist.validation_per_class=20 '
-                      '--set eval_batch_size=200')
+# Fashion-MNIST: one epoch on 128 train images, 100 validation images.
+FMNIST_SHORT = ('--config.num_epochs=1 --config.dataset_options.fashion_mnist.train_rows=128 '
+                '--config.dataset_options.fashion_mnist.validation_per_class=10 '
+                '--config.eval_batch_size=100')
+RESNET_8 = ' --config.model_kwargs.blocks_per_stage=1'  # ResNet-8: compiles in half the time
+FMNIST_STUDY_SHORT = ('--set num_epochs=1 --set dataset_options.fashion_mnist.train_rows=128 '
+                      '--set dataset_options.fashion_mnist.validation_per_class=10 '
+                      '--set eval_batch_size=100')
 # lm_max_length 16: the LM retriever encodes every user and item text (2,625 texts), which
 # dominates the block at the default 128 tokens.
 OPTIRAG_SHORT = ('--config.max_train_samples=16 --config.max_valid_samples=16 '
@@ -351,22 +352,23 @@ COMMANDS: dict[str, object] = {
                      ('--config.data_dir=../shared/data/frappe',
                       '--config.data_dir=frappe_head')),
             append=FRAPPE_SHORT, needs=('shared_data',), slow=True),
-    # docs/smc.md: one epoch on 256 training images (200 validation), scored on a 64-image
+    # docs/smc.md: one epoch on 128 training images (100 validation), scored on a 64-image
     # head of the training file (made here: scoring all 60,000 is a minute of ResNet on CPU).
     'python scripts/train.py --config configs/cnn_fashion_mnist.py --workdir runs/cnn_fmnist '
     '--config.data_dir=../shared/data/fashion-mnist': Run(append=FMNIST_SHORT, needs=('shared_data',)),
     'python scripts/train.py --config configs/resnet_fashion_mnist.py --workdir runs/resnet_fmnist '
-    '--config.data_dir=../shared/data/fashion-mnist': Run(append=FMNIST_SHORT, needs=('shared_data',)),
+    '--config.data_dir=../shared/data/fashion-mnist':
+        Run(append=FMNIST_SHORT + RESNET_8, needs=('shared_data',)),
     'python scripts/train.py --config configs/resnet_fashion_mnist_smc.py '
     '--workdir runs/resnet_fmnist_smc --config.data_dir=../shared/data/fashion-mnist':
-        Run(append=FMNIST_SHORT, needs=('shared_data',)),
+        Run(append=FMNIST_SHORT + RESNET_8, needs=('shared_data',)),
     'python scripts/evaluate.py --workdir runs/resnet_fmnist_smc '
     '--split_file ../shared/data/fashion-mnist/train-images-idx3-ubyte.gz':
         Run(replace=(('python scripts/evaluate.py',
                       'python -m tests.data.idx_head ../shared/data/fashion-mnist/'
                       'train-images-idx3-ubyte.gz 64 fmnist_head && python scripts/evaluate.py'),
-                     ('../shared/data/fashion-mnist/train-images-idx3-ubyte.gz',
-                      'fmnist_head/head-images-idx3-ubyte.gz')),
+                     ('--split_file ../shared/data/fashion-mnist/train-images-idx3-ubyte.gz',
+                      '--split_file fmnist_head/head-images-idx3-ubyte.gz')),
             needs=('shared_data',)),
     # docs/smc.md: the studies, one seed, two methods, one epoch; Fashion-MNIST with the CNN on
     # 256 images at 40% noise; Frappe on its first rows.
@@ -384,6 +386,19 @@ COMMANDS: dict[str, object] = {
             append='--seeds 2021 --set num_epochs=1 --set batch_size=4096 '
                    '--set eval_batch_size=4096',
             needs=('shared_data',), slow=True),
+    # docs/wukong_dhen.md: the DHEN depth study on the synthetic data only, the baseline and one
+    # layer, one seed, one epoch of 4,096 rows at dim 8.
+    'python scripts/dhen_depth.py --datasets frappe,synthetic --depths 1,2,4,8 --seeds 2021,2022,2023 '
+    '--frappe_dir ../shared/data/frappe --root runs/dhen_depth '
+    '--set_synthetic dataset_options.synthetic.num_train=300000 --set_synthetic num_epochs=3 '
+    '--out docs/dhen_depth':
+        Run(replace=(('--datasets frappe,synthetic --depths 1,2,4,8 --seeds 2021,2022,2023',
+                      '--datasets synthetic --depths 1 --seeds 2021'),
+                     ('num_train=300000 --set_synthetic num_epochs=3',
+                      'num_train=4096 --set_synthetic num_epochs=1')),
+            append='--set_synthetic dataset_options.synthetic.num_valid=2048 '
+                   '--set_synthetic dataset_options.synthetic.num_test=2048 '
+                   '--set_synthetic embedding_dim=8'),
     # docs/planner.md: plan=auto in training (two steps) and scripts/plan.py (see PLAN_SHORT).
     'python scripts/train.py --config configs/default.py --workdir runs/auto --cpu_devices=4 '
     '--config.embedding.plan=auto --config.embedding.planner=torchrec':

@@ -118,16 +118,18 @@ class ArrayDataset:
       yield pad_batch({k: v[idx] for k, v in arrays.items()}, batch_size)
 
 
+def pad_array(x: np.ndarray, rows: int) -> np.ndarray:
+  """``x [n, ...]`` with zero rows appended up to ``rows`` (``x`` itself when it has them)."""
+  extra = rows - len(x)
+  return np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)]) if extra > 0 else x
+
+
 def pad_batch(batch: Batch, batch_size: int) -> Batch:
   """Pads every array of ``batch`` to ``batch_size`` rows and adds ``weight`` (0 on padding)."""
   n = len(batch['label'])
   if n > batch_size:
     raise ValueError(f'batch has {n} rows, more than batch_size {batch_size}')
-  out = {}
-  for k, v in batch.items():
-    if n < batch_size:
-      v = np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
-    out[k] = v
+  out = {k: pad_array(v, batch_size) for k, v in batch.items()}
   out['weight'] = (np.arange(batch_size) < n).astype(np.float32)
   return out
 

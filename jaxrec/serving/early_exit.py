@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.data.dataset import pad_array
 from jaxrec.layers.bert import BertConfig
 from jaxrec.layers.exit_heads import (device_exit_now, exit_now, head_forward, select_head,
                                       yes_no_margin)
@@ -74,12 +75,6 @@ def bucket_ladder(batch: int, bucket: int, ladder: str = 'halves') -> tuple[int,
   if ladder == 'multiples':
     return (batch,) + tuple(range(bucket_size(batch, bucket) - bucket, 0, -bucket))
   raise ValueError(f'ladder must be one of {LADDERS}, got {ladder!r}')
-
-
-def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  """``x [n, ...]`` with zero rows appended up to ``rows``."""
-  extra = rows - len(x)
-  return np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)]) if extra else x
 
 
 def layer_and_margin(config: BertConfig, layer_params: PyTree, head_params: PyTree,
@@ -149,13 +144,13 @@ class EarlyExitServer:
     history = np.zeros((L, B), np.float32)
     rows_run = np.zeros(L, np.int64)
     idx = np.arange(B)
-    padded = pad_rows(ids, bucket_size(B, self.bucket))
+    padded = pad_array(ids, bucket_size(B, self.bucket))
     h = np.asarray(self._embed(self.params['encoder'], padded))[:B]
     for l in range(L):
       n = len(idx)
       rows_run[l] = size = bucket_size(n, self.bucket)
       h_new, m = self._layer(self.params['encoder'][f'layer_{l}'], self.params['heads'],
-                             jnp.int32(l), pad_rows(h, size), pad_rows(mask, size))
+                             jnp.int32(l), pad_array(h, size), pad_array(mask, size))
       m = np.asarray(m)[:n]
       history[l, idx] = m
       done = exit_now(m, history[:l, idx], l, L, threshold, agree, min_layer)

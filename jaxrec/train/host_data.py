@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxrec.data.dataset import ArrayDataset, Batch, CTRSource, epoch_permutation, num_batches
-from jaxrec.data.dataset import pad_batch
+from jaxrec.data.dataset import pad_array, pad_batch
 
 
 class ProcessLocalSource:
@@ -92,8 +92,7 @@ def pad_rows(batch: Batch, multiple: int) -> tuple[Batch, int]:
   target = -(-n // multiple) * multiple
   if target == n:
     return batch, n
-  return {k: np.concatenate([v, np.zeros((target - n,) + v.shape[1:], v.dtype)])
-          for k, v in batch.items()}, n
+  return {k: pad_array(v, target) for k, v in batch.items()}, n
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

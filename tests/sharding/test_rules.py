@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.data.schema import one_hot_schema
+from jaxrec.data.schema import ImageSchema, one_hot_schema
 from jaxrec.layers import LOGICAL_AXIS_NAMES
 from jaxrec.layers import dhen as dhen_lib
 from jaxrec.layers import wukong as wukong_lib
-from jaxrec.models import MODELS, build_model
+from jaxrec.models import MODELS, build_model, model_hyperparameters
 from jaxrec.models.dcnv2 import DCNv2
 from jaxrec.models.transformer import FieldTransformer
 from jaxrec.sharding import offload, rules
@@ -30,7 +30,11 @@ FLAT_FSDP = {'data': 1, 'fsdp': -1, 'tensor': 1}
 
 def plan(model, strategy, axes=FLAT_FSDP, hosts=0, **kwargs):
   tx = state_lib.make_optimizer(common.OPTIM)
-  batch = common.make_batches(1, 8, schema=model.schema)[0]
+  if isinstance(model.schema, ImageSchema):
+    batch = {'image': np.zeros((8,) + model.schema.shape, np.float32),
+             'label': np.zeros(8, np.int32), 'weight': np.ones(8, np.float32)}
+  else:
+    batch = common.make_batches(1, 8, schema=model.schema)[0]
   boxed = jax.eval_shape(functools.partial(state_lib.init_boxed_state, model, batch, tx, 0))
   return plan_state(boxed, common.mesh_for(axes, hosts), ShardingConfig(strategy, **kwargs))
 
@@ -43,8 +47,12 @@ def test_every_logical_name_has_a_rule():
 
 @pytest.mark.parametrize('name', sorted(MODELS))
 def test_every_registered_model_plans_under_full_shard(name):
-  """Every CTR model's parameters have rules (Wukong / DHEN add their own axis names)."""
-  model = build_model(name, common.SCHEMA, embedding_dim=4)
+  """Every model's parameters have rules (Wukong / DHEN add their own axis names; image models
+  their conv axes)."""
+  if 'embedding_dim' in model_hyperparameters(MODELS[name]):
+    model = build_model(name, common.SCHEMA, embedding_dim=4)
+  else:
+    model = build_model(name, ImageSchema(28, 28, 1, 10))
   plan(model, 'FULL_SHARD', indivisible='replicate')
 
 

@@ -59,7 +59,7 @@ def test_plateau_decay_and_early_stop(tmp_path, monkeypatch):
   """Scripted validation AUCs: lr x0.1 on each non-improving epoch, stop after 2 of them."""
   aucs = iter([0.70, 0.80, 0.79, 0.78, 0.99])
 
-  def fake_evaluate(eval_step, state, source, batch_size, desc=None, progress=False):
+  def fake_evaluate(eval_step, state, source, batch_size, desc=None, progress=False, task=None):
     if desc == 'valid':
       return {'auc': next(aucs), 'logloss': 0.5, 'ne': 0.9, 'rows': source.num_rows}
     return {'auc': 0.5, 'logloss': 0.5, 'ne': 1.0, 'rows': source.num_rows}
