@@ -26,11 +26,8 @@ num_epochs=2``); ``--set_frappe`` / ``--set_synthetic`` of one dataset's runs.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
-import platform
 import runpy
 import sys
 
@@ -159,25 +156,18 @@ def main(argv=None):
   p.add_argument('--progress', action='store_true')
   args = p.parse_args(argv)
   load = os.getloadavg()[0]
-  import jax  # pylint: disable=g-import-not-at-top
   depths = [0] + [int(d) for d in args.depths.split(',')]
   rows = [run_one(args, dataset, depth, int(seed))
           for dataset in args.datasets.split(',') for seed in args.seeds.split(',')
           for depth in depths]
   if not args.out:
     return
-  os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-  with open(f'{args.out}.csv', 'w', newline='', encoding='utf-8') as f:
-    w = csv.DictWriter(f, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows(rows)
+  study.write_csv(f'{args.out}.csv', FIELDS, rows)
   changes = ne_changes(rows)
   plot(changes, f'{args.out}.png')
   command = ' '.join(sys.argv[1:] if argv is None else argv)
   text = [f'Command: `python scripts/dhen_depth.py {command}`  ',
-          f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} '
-          f'({jax.default_backend()}); date {datetime.date.today().isoformat()}; load average '
-          f'at start {load:.1f}  ',
+          study.machine_line(load),
           'Validation NE of the best epoch; NE change = 100 (NE_L / NE_baseline - 1), same seed. '
           'Paper (production data): -0.176 / -0.255 / -0.273 % at 2 / 4 / 8 layers.', '',
           *table(rows, changes), '', f'![depth]({os.path.basename(args.out)}.png)', '']

@@ -21,11 +21,8 @@ mean +- std over seeds, the drop from best to final, and the comparisons the SMC
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
-import platform
 import runpy
 import sys
 
@@ -172,7 +169,6 @@ def main(argv=None):
   if unknown:
     raise SystemExit(f'--methods: unknown {unknown}; known: {list(METHODS)}')
   load = os.getloadavg()[0]
-  import jax  # pylint: disable=g-import-not-at-top
   rows = []
   for noise in (float(n) for n in args.noise.split(',')):
     for method in methods:
@@ -181,18 +177,12 @@ def main(argv=None):
   if not args.out:
     return
   metric = rows[0]['metric']
-  os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-  with open(f'{args.out}.csv', 'w', newline='', encoding='utf-8') as f:
-    w = csv.DictWriter(f, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows(rows)
+  study.write_csv(f'{args.out}.csv', FIELDS, rows)
   plot(rows, metric, f'{args.out}.png')
   summary = summarize(rows)
   command = ' '.join(sys.argv[1:] if argv is None else argv)
   text = [f'Command: `python scripts/smc_study.py {command}`  ',
-          f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} '
-          f'({jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}); '
-          f'date {datetime.date.today().isoformat()}; load average at start {load:.1f}  ',
+          study.machine_line(load),
           f'Validation {metric} of the best epoch ("best") and of the last ("final"); label '
           'noise on the training labels only.', '', *tables(summary, metric), '',
           *goals(summary, metric), '', f'![curves]({os.path.basename(args.out)}.png)', '']

@@ -25,13 +25,14 @@ points at a time, each in its own process (on a GPU they share it; on CPU keep 1
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
 import platform
 import runpy
 import sys
+
+from jaxrec.train import study as study_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GRID = ('sgd=1,10,100,1000;adagrad=0.0003,0.001,0.003,0.01,0.03,0.1;'
@@ -258,11 +259,7 @@ def main(argv=None):
   sweep, finals = study(args)
   if not args.out:
     return
-  os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-  with open(f'{args.out}.csv', 'w', newline='', encoding='utf-8') as f:
-    w = csv.DictWriter(f, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows(sweep + finals)
+  study_lib.write_csv(f'{args.out}.csv', FIELDS, sweep + finals)
   seeds = [int(s) for s in args.seeds.split(',')]
   plot(sweep, finals, args.sweep_epochs, f'{args.out}.png')
   command = ' '.join(sys.argv[1:] if argv is None else argv)

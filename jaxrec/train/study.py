@@ -53,3 +53,24 @@ def run_or_read(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(done, encoding='utf-8') as f:
       return json.load(f)
   return train_and_evaluate(config, workdir)
+
+
+def write_csv(path: str, fields: Sequence[str], rows: Sequence[dict]) -> None:
+  """``rows`` (dicts with ``fields``) as CSV at ``path``, its folder made when missing."""
+  import csv  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    w = csv.DictWriter(f, fieldnames=list(fields))
+    w.writeheader()
+    w.writerows(rows)
+
+
+def machine_line(load_at_start: float) -> str:
+  """``Machine: ...`` of a study's Markdown: the CPU, jax and its devices, the date and the load
+  average when the study started."""
+  import datetime  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return (f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} '
+          f'({jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}); '
+          f'date {datetime.date.today().isoformat()}; load average at start {load_at_start:.1f}  ')
