@@ -84,7 +84,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def _ms(x: np.ndarray, scale: float) -> str:
-  return f'{scale * x.mean():.2f} +- {scale * x.std():.2f}'
+  digits = 2 if scale == 100.0 else 4  # accuracy in points; AUC and the like as fractions
+  return f'{scale * x.mean():.{digits}f} +- {scale * x.std():.{digits}f}'
 
 
 def tables(summary: dict, metric: str) -> list[str]:
@@ -95,7 +96,7 @@ def tables(summary: dict, metric: str) -> list[str]:
   for (method, noise), s in summary.items():
     drop = scale * (s['best'] - s['final'])
     lines.append(f'| {method} | {noise:g} | {_ms(s["best"], scale)} | {_ms(s["final"], scale)} | '
-                 f'{drop.mean():.2f} | {s["seeds"]} |')
+                 f'{drop.mean():.{2 if scale == 100.0 else 4}f} | {s["seeds"]} |')
   return lines
 
 
@@ -108,7 +109,7 @@ def goals(summary: dict, metric: str) -> list[str]:
   if ce and smc:
     gain = scale * (smc['best'].mean() - ce['best'].mean())
     std = scale * max(smc['best'].std(), ce['best'].std())
-    line = f'* SMC (independent) - CE, clean: {gain:+.4g} (larger std {std:.4g})'
+    line = f'* SMC (independent) - CE, clean: {gain:+.4f} (larger std {std:.4f})'
     if metric == 'accuracy':  # the goal is in accuracy points
       ok = gain >= 0.3 and gain > std
       line += f'; goal +0.30 points beyond one std: {"met" if ok else "not met"}'
