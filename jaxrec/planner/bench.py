@@ -277,7 +277,7 @@ def markdown(summary: Summary, settings: dict, command: str = '') -> str:
   """``planner.md``: the settings, the per-method table and the comparisons."""
   lines = ['# Planner benchmark', '']
   if command:
-    lines += ['```', command, '```', '']
+    lines += [f'Command: `{command}`', '']  # inline: a fenced block would be a doc command
   lines += ['Settings: ' + ', '.join(f'{k} {v}' for k, v in settings.items()) + '.', '',
             f'{summary.tasks} tasks; {len(summary.common_tasks)} fit by every method (the mean '
             'cost is over those). Cost: the slowest device\'s measured step (median) plus its '
