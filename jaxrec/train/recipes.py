@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -265,7 +265,3 @@ def recipe_from_config(config, total_steps: int) -> Recipe:
     return SMC(int(s.channels), str(s.views), float(s.alpha), float(s.temperature), str(s.ramp),
                max(int(total_steps), 1))
   raise ConfigError(f'config.recipe must be one of {RECIPES}, got {name!r}')
-
-
-def init_recipe_state(recipe: Optional[Recipe], outputs: jax.ShapeDtypeStruct) -> PyTree:
-  return None if recipe is None else recipe.init_state(outputs)
