@@ -19,7 +19,8 @@ import typing
 from types import ModuleType
 from typing import Any, Mapping, NamedTuple
 
-from jaxrec.data import avazu, criteo, fashion_mnist, frappe, libffm, movielens, synthetic
+from jaxrec.data import (avazu, criteo, fashion_mnist, frappe, libffm, mixed_modal, movielens,
+                         synthetic)
 from jaxrec.data.dataset import ArrayDataset
 from jaxrec.data.tabular import LoadedDataset
 from jaxrec.errors import ConfigError
@@ -35,6 +36,7 @@ DATASETS: dict[str, ModuleType] = {
     'libffm': libffm,
     'synthetic': synthetic,
     'fashion_mnist': fashion_mnist,
+    'mixed_modal': mixed_modal,
 }
 
 # Datasets generated in memory, which need no data_dir.

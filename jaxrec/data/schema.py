@@ -199,8 +199,141 @@ class ImageSchema:
                num_classes=d['num_classes'], class_names=tuple(d.get('class_names', ())))
 
 
+MODALITY_NAMES = ('text', 'image')  # modality id -> name, of a SequenceSchema
+NUM_SPECIAL = 5  # PAD, BOS, EOS, BOI, EOI
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSchema:
+  """Packed mixed-modal token sequences (text and image tokens), consumed by the mixed-modal LMs.
+
+  Token ids: text ``[0, text_vocab_size)``; then the special tokens PAD, BOS, EOS, BOI (begin of
+  image), EOI (end of image), in that order; then image codes ``[image_offset, vocab_size)``, one
+  per ``patch_size x patch_size`` patch of an image in raster order. Modality ids: 0 = text (the
+  special tokens too), 1 = image (the code tokens only).
+
+  An example has ``inputs``, ``label`` (the next token of each input), ``modality``,
+  ``target_modality``: ``int32 [batch, seq_len]``, ``loss_mask``: ``float32 [batch, seq_len]`` and
+  ``weight`` as for CTR batches (0 on padding rows). Every row holds exactly
+  ``images_per_sequence`` whole images, so per row ``modality_counts[m]`` inputs (and as many
+  targets) are of modality ``m``: a static shape the models rely on.
+
+  Attributes:
+    seq_len: tokens per row.
+    images_per_sequence: images per row.
+    text_vocab_size: text token ids.
+    codebook_size: image codes.
+    image_height, image_width: pixels of an image.
+    patch_size: pixels on each side of the square patch one image token stands for.
+    class_names: the image classes (named in the caption before each image).
+  """
+  seq_len: int
+  images_per_sequence: int
+  text_vocab_size: int
+  codebook_size: int
+  image_height: int = 28
+  image_width: int = 28
+  patch_size: int = 4
+  class_names: tuple[str, ...] = ()
+
+  kind = 'sequence'
+  num_modalities = len(MODALITY_NAMES)
+  modality_names = MODALITY_NAMES
+
+  def __post_init__(self):
+    object.__setattr__(self, 'class_names', tuple(self.class_names))
+    for name in ('seq_len', 'text_vocab_size', 'codebook_size', 'image_height', 'image_width',
+                 'patch_size', 'images_per_sequence'):
+      value = getattr(self, name)
+      low = 0 if name == 'images_per_sequence' else 1
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f'SequenceSchema.{name} must be an integer >= {low}, got {value!r}')
+    if self.image_height % self.patch_size or self.image_width % self.patch_size:
+      raise ValueError(f'SequenceSchema: the {self.image_height}x{self.image_width} image does not '
+                       f'divide into {self.patch_size}x{self.patch_size} patches')
+    block = self.tokens_per_image + 2  # BOI, the codes, EOI
+    if self.images_per_sequence * block > self.seq_len + 1:
+      raise ValueError(f'SequenceSchema: seq_len {self.seq_len} cannot hold '
+                       f'{self.images_per_sequence} images of {block} tokens each (BOI, '
+                       f'{self.tokens_per_image} codes, EOI)')
+
+  @property
+  def pad_id(self) -> int:
+    return self.text_vocab_size
+
+  @property
+  def bos_id(self) -> int:
+    return self.text_vocab_size + 1
+
+  @property
+  def eos_id(self) -> int:
+    return self.text_vocab_size + 2
+
+  @property
+  def boi_id(self) -> int:
+    return self.text_vocab_size + 3
+
+  @property
+  def eoi_id(self) -> int:
+    return self.text_vocab_size + 4
+
+  @property
+  def special_ids(self) -> dict[str, int]:
+    return {'pad': self.pad_id, 'bos': self.bos_id, 'eos': self.eos_id, 'boi': self.boi_id,
+            'eoi': self.eoi_id}
+
+  @property
+  def image_offset(self) -> int:
+    """Id of image code 0."""
+    return self.text_vocab_size + NUM_SPECIAL
+
+  @property
+  def vocab_size(self) -> int:
+    return self.image_offset + self.codebook_size
+
+  @property
+  def tokens_per_image(self) -> int:
+    return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
+
+  @property
+  def modality_counts(self) -> tuple[int, ...]:
+    """Tokens of each modality per row (inputs and targets alike): (text, image)."""
+    image = self.images_per_sequence * self.tokens_per_image
+    return (self.seq_len - image, image)
+
+  def to_dict(self) -> dict:
+    """The fields, and the derived ids and counts (for readers of the JSON; checked on load)."""
+    return {'kind': self.kind, 'seq_len': self.seq_len,
+            'images_per_sequence': self.images_per_sequence,
+            'text_vocab_size': self.text_vocab_size, 'codebook_size': self.codebook_size,
+            'image_height': self.image_height, 'image_width': self.image_width,
+            'patch_size': self.patch_size, 'class_names': list(self.class_names),
+            'vocab_size': self.vocab_size, 'special_ids': self.special_ids,
+            'image_offset': self.image_offset, 'tokens_per_image': self.tokens_per_image,
+            'num_modalities': self.num_modalities, 'modality_names': list(self.modality_names),
+            'modality_counts': list(self.modality_counts)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'SequenceSchema':
+    """The schema of ``to_dict``; ValueError naming a derived value that does not match."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    missing = [f for f in fields if f not in d and f != 'class_names']
+    if missing:
+      raise ValueError(f'SequenceSchema dict: missing {missing}')
+    schema = cls(**{f: tuple(d[f]) if f == 'class_names' else d[f] for f in fields if f in d})
+    derived = schema.to_dict()
+    for key in derived.keys() - set(fields) - {'kind'}:
+      if key in d and json.loads(json.dumps(d[key])) != json.loads(json.dumps(derived[key])):
+        raise ValueError(f'SequenceSchema dict: {key} is {d[key]!r}, but the fields give '
+                         f'{derived[key]!r}')
+    return schema
+
+
 def schema_from_dict(d: dict):
-  """The schema a ``to_dict`` gave: an ImageSchema for ``kind == 'image'``, else a FeatureSchema."""
+  """The schema a ``to_dict`` gave: an ImageSchema for ``kind == 'image'``, a SequenceSchema for
+  ``kind == 'sequence'``, else a FeatureSchema."""
   if d.get('kind') == ImageSchema.kind:
     return ImageSchema.from_dict(d)
+  if d.get('kind') == SequenceSchema.kind:
+    return SequenceSchema.from_dict(d)
   return FeatureSchema.from_dict(d)

@@ -1,5 +1,7 @@
 """Whole models: CTR models map a batch dict to logits ``float32 [batch]``, image classifiers
-(``cnn``, ``resnet``; ``jaxrec.models.vision``) to logits ``float32 [batch, classes]``.
+(``cnn``, ``resnet``; ``jaxrec.models.vision``) to logits ``float32 [batch, classes]``, the
+mixed-modal decoder LM (``decoder_lm``, dense or Mixture-of-Transformers;
+``jaxrec.models.mixed_modal_lm``) to next-token logits ``float32 [batch, length, vocab]``.
 
 Every model is a ``flax.linen`` Module built as ``Model(schema=schema, <hyperparameters>)`` (CTR
 models take ``embedding_dim``; image models an ``ImageSchema``) and applied as::
@@ -17,19 +19,23 @@ import dataclasses
 
 import flax.linen as nn
 
-from jaxrec.data.schema import FeatureSchema, ImageSchema
+from jaxrec.data.schema import FeatureSchema, ImageSchema, SequenceSchema
 from jaxrec.models.dcnv2 import DCNv2
 from jaxrec.models.deepfm import DeepFM
 from jaxrec.models.dhen import DHEN
 from jaxrec.models.dlrm import DLRM
 from jaxrec.models.fm import FM
 from jaxrec.models.lr import LR
+from jaxrec.models.mixed_modal_lm import DecoderLM
 from jaxrec.models.vision import CNN, ResNet
 from jaxrec.models.wukong import Wukong
 
 MODELS: dict[str, type[nn.Module]] = {'lr': LR, 'fm': FM, 'deepfm': DeepFM, 'dlrm': DLRM,
                                       'dcnv2': DCNv2, 'wukong': Wukong, 'dhen': DHEN,
-                                      'cnn': CNN, 'resnet': ResNet}
+                                      'cnn': CNN, 'resnet': ResNet, 'decoder_lm': DecoderLM}
+# The schema each non-CTR model takes (CTR models take a FeatureSchema).
+SCHEMA_TYPES: dict[type[nn.Module], type] = {CNN: ImageSchema, ResNet: ImageSchema,
+                                             DecoderLM: SequenceSchema}
 
 
 def model_hyperparameters(cls: type[nn.Module]) -> tuple[str, ...]:
@@ -56,9 +62,10 @@ def build_model(name: str, schema: FeatureSchema, **kwargs) -> nn.Module:
   if bad:
     raise ValueError(f'model {name!r}: unknown hyperparameter(s) {bad}; valid: {list(valid)}')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  image_model = 'embedding_dim' not in valid
-  if image_model != isinstance(schema, ImageSchema):
-    raise ValueError(f'model {name!r} is a{"n image" if image_model else " CTR"} model; the data '
+  wanted = SCHEMA_TYPES.get(cls, FeatureSchema)
+  if not isinstance(schema, wanted):
+    kind = {ImageSchema: 'an image', SequenceSchema: 'a token-sequence'}.get(wanted, 'a CTR')
+    raise ValueError(f'model {name!r} is {kind} model (it takes a {wanted.__name__}); the data '
                      f'has a {type(schema).__name__}')
   dim = kwargs.get('embedding_dim', 1)
   if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:

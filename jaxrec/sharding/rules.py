@@ -49,6 +49,7 @@ LOGICAL_AXIS_RULES: Rules = (
     ('mlp_out', None),
     ('kv', None),
     ('expert', None),
+    ('modality', None),  # per-modality weight copies (jaxrec.layers.decoder, MoT)
     ('rank', None),
     ('rank_in', None),
     ('layers', None),

@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0  # cosine: linear warm-up epochs
   # Task (jaxrec.train.tasks): auto = by the data (CTR on tabular data, classification on
   # images), with its options (classification: augment_padding, augment_flip, ece_bins).
-  c.task = 'auto'  # auto | ctr | classification
+  c.task = 'auto'  # auto | ctr | classification | lm
   c.task_options = ml_collections.ConfigDict()
   # Symmetric label noise on the training labels (rate in [0, 1); seed -1 = config.seed).
   c.label_noise = 0.0
@@ -151,6 +151,44 @@ def fashion_mnist_config(model: str, num_epochs: int = 30,
   c.max_grad_norm = 0.0
   c.task_options = ml_collections.ConfigDict({'augment_padding': 2, 'augment_flip': True,
                                               'ece_bins': 15})
+  return c
+
+
+MIXED_MODAL_DATA_DIR = '../shared/data'  # holds frappe_raw/ and fashion-mnist/
+# Decoder sizes of the Mixture-of-Transformers study (dense parameter counts at the default
+# vocabulary of 2,309 tokens, tied embedding: s ~1.1M, m ~5.3M, l ~15M; MoT doubles the
+# non-embedding part). mlp_dim ~ 8/3 embed_dim (SwiGLU at a 4x MLP's parameters).
+MIXED_MODAL_SIZES = {
+    'xs': dict(num_layers=2, embed_dim=64, num_heads=4, head_dim=16, mlp_dim=172),
+    's': dict(num_layers=4, embed_dim=128, num_heads=4, head_dim=32, mlp_dim=344),
+    'm': dict(num_layers=6, embed_dim=256, num_heads=8, head_dim=32, mlp_dim=684),
+    'l': dict(num_layers=8, embed_dim=384, num_heads=6, head_dim=64, mlp_dim=1024),
+}
+
+
+def mixed_modal_config(untie: str = 'none', size: str = 's') -> ml_collections.ConfigDict:
+  """:func:`base_config` for the mixed-modal decoder LM (``model='decoder_lm'``, dense
+  ``untie='none'`` or Mixture-of-Transformers ``untie='mot'``) of ``MIXED_MODAL_SIZES[size]`` on
+  the ``mixed_modal`` data (Frappe descriptions + Fashion-MNIST image tokens, 256-token rows with
+  two images): AdamW-style Adam 1e-3 with cosine decay and 5% warm-up, batch 32, gradient clip
+  1, validation loss monitored every epoch (no early stop)."""
+  if size not in MIXED_MODAL_SIZES:
+    raise ValueError(f'mixed_modal_config: size {size!r} is not one of {list(MIXED_MODAL_SIZES)}')
+  c = base_config()
+  c.dataset = 'mixed_modal'
+  c.data_dir = MIXED_MODAL_DATA_DIR
+  c.model = 'decoder_lm'
+  c.model_kwargs = ml_collections.ConfigDict(dict(MIXED_MODAL_SIZES[size], untie=untie))
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.learning_rate = 1e-3
+  c.lr_schedule = 'cosine'
+  c.warmup_epochs = 0.05
+  c.max_grad_norm = 1.0
+  c.num_epochs = 2
+  c.early_stop_patience = c.num_epochs
+  c.monitor = 'loss'
+  c.log_every_steps = 25
   return c
 
 

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from jaxrec.data.datasets import read_split_file
-from jaxrec.data.schema import ImageSchema, schema_from_dict
+from jaxrec.data.schema import ImageSchema, SequenceSchema, schema_from_dict
 from jaxrec.errors import RunDirError
 from jaxrec.train import state as state_lib
 from jaxrec.train import reshard
@@ -76,6 +76,13 @@ def _dummy_batch(schema) -> dict:
   if isinstance(schema, ImageSchema):
     return {'image': np.zeros((1,) + schema.shape, np.float32), 'label': np.zeros(1, np.int32),
             'weight': np.ones(1, np.float32)}
+  if isinstance(schema, SequenceSchema):
+    tokens = np.zeros((1, schema.seq_len), np.int32)
+    modality = np.repeat(np.arange(schema.num_modalities, dtype=np.int32),
+                         schema.modality_counts)[None]  # the static per-modality counts
+    return {'inputs': tokens, 'modality': modality, 'label': tokens,
+            'target_modality': modality, 'loss_mask': np.ones((1, schema.seq_len), np.float32),
+            'weight': np.ones(1, np.float32)}
   m, length = schema.num_multi_hot, schema.max_multi_hot_length
   ds = ArrayDataset(schema, sparse=np.zeros((1, schema.num_sparse), np.int32),
                     label=np.zeros(1, np.float32), dense=np.zeros((1, schema.num_dense), np.float32),
@@ -90,6 +97,6 @@ def evaluate_split_file(workdir: str, split_file: str, checkpoint: str = 'best',
   rows) of the run's ``checkpoint`` on ``split_file``."""
   config, model, state, data_state = restore_for_inference(workdir, checkpoint)
   data = read_split_file(config.dataset, split_file, data_state)
-  eval_step = jax.jit(state_lib.make_eval_step(model))
   task = make_task(config, schema_from_dict(data_state['schema']))
+  eval_step = jax.jit(state_lib.make_eval_step(model, task=task))
   return evaluate(eval_step, state, data, batch_size or config.eval_batch_size, task=task)

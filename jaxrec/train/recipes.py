@@ -129,7 +129,7 @@ class PlainRecipe(Recipe):
   def loss(self, params, x):
     out, stats = _train_view(params, x, x.batch, x.step, 0, x.batch_stats)
     return (weighted_mean(x.task.row_loss(out, x.batch), x.batch['weight']), stats, x.recipe_state,
-            {})
+            x.task.train_metrics(out, x.batch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,8 @@ class LabelSmoothing(Recipe):
   def loss(self, params, x):
     out, stats = _train_view(params, x, x.batch, x.step, 0, x.batch_stats)
     per_row = x.task.smoothed_row_loss(out, x.batch, self.smoothing)
-    return weighted_mean(per_row, x.batch['weight']), stats, x.recipe_state, {}
+    return (weighted_mean(per_row, x.batch['weight']), stats, x.recipe_state,
+            x.task.train_metrics(out, x.batch))
 
 
 def _held(outputs: jax.ShapeDtypeStruct, copies: int) -> dict:

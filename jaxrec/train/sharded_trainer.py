@@ -101,7 +101,7 @@ class ShardedTrainer:
       rules = plan.activation_rules
     train = state_lib.make_train_step(step_model, self._tx, plan.mask, self._optim,
                                       loss_and_grad)
-    evaluate = state_lib.make_eval_step(step_model, hooks)
+    evaluate = state_lib.make_eval_step(step_model, hooks, self._task)
 
     def in_context(fn, rules_):
       def wrapped(state, batch):
@@ -149,8 +149,8 @@ class ShardedTrainer:
     return self._train(state, self.global_batch(local_batch))
 
   def eval_step(self, state: state_lib.TrainState, local_batch: dict) -> np.ndarray:
-    """Model outputs (``float32 [rows]`` logits for CTR, ``[rows, classes]`` for classification)
-    of this process's rows (padded internally to split evenly)."""
+    """Model outputs (``float32 [rows]`` logits for CTR, ``[rows, classes]`` for classification,
+    per-row statistics for the language-model task: ``Task.eval_outputs``) of this process's rows (padded internally to split evenly)."""
     return data_lib.eval_local_rows(lambda b: self._eval(state, b), self.global_batch,
                                     local_batch, self.plan.batch_divisor)
 

@@ -164,9 +164,10 @@ def create_train_state(model: nn.Module, example_batch: dict, tx: optax.Gradient
   return nn.meta.unbox(boxed), embedding_mask(boxed.params)
 
 
-# Model inputs: CTR fields (jaxrec.data.schema.FeatureSchema) and images (ImageSchema).
+# Model inputs: CTR fields (jaxrec.data.schema.FeatureSchema), images (ImageSchema) and token
+# sequences (SequenceSchema).
 FEATURE_KEYS = ('sparse', 'dense', 'multi_hot_ids', 'multi_hot_lengths', 'multi_hot_weights',
-                'image')
+                'image', 'inputs', 'modality')
 
 
 def features(batch: dict) -> dict:
@@ -262,15 +263,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Py
   return train_step
 
 
-def make_eval_step(model: nn.Module, hooks: ForwardHooks = ForwardHooks()
-                   ) -> Callable[[TrainState, dict], jnp.ndarray]:
-  """Builds ``eval_step(state, batch) -> logits [B]`` in inference mode."""
+def make_eval_step(model: nn.Module, hooks: ForwardHooks = ForwardHooks(),
+                   task: Optional[Task] = None) -> Callable[[TrainState, dict], jnp.ndarray]:
+  """Builds ``eval_step(state, batch) -> outputs`` in inference mode: the model's logits (CTR:
+  ``[B]``), or what ``task.eval_outputs`` keeps of them (the language-model task: per-row
+  statistics, since ``[B, L, V]`` logits are too large to bring to the host)."""
 
   def eval_step(state: TrainState, batch: dict):
     params, feats = hooks.prepare(hooks.cast_params(state.params), features(batch))
     variables = {'params': params}
     if state.batch_stats:
       variables['batch_stats'] = state.batch_stats
-    return model.apply(variables, feats, train=False)
+    out = model.apply(variables, feats, train=False)
+    return out if task is None else task.eval_outputs(out, batch)
 
   return eval_step

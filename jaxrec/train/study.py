@@ -74,3 +74,63 @@ def machine_line(load_at_start: float) -> str:
   return (f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} '
           f'({jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}); '
           f'date {datetime.date.today().isoformat()}; load average at start {load_at_start:.1f}  ')
+
+
+# Fields a finished run may differ in from a rerun's config and still be the same run (how it
+# logged, not what it trained).
+_LOGGING_FIELDS = frozenset({'log_every_steps', 'checkpoint_every_steps', 'progress',
+                             'tensorboard', 'eval_batch_size'})
+
+
+def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """ConfigMismatchError when ``workdir`` holds a run (finished or not) of a config other than
+  ``config``, logging fields aside: :func:`run_or_read` would read a finished one's results
+  as if they were ``config``'s, and the loop would resume a killed one with a longer or shorter
+  schedule (``num_epochs`` may change on resume)."""
+  from jaxrec.errors import ConfigMismatchError  # pylint: disable=g-import-not-at-top
+  from jaxrec.train import run_config  # pylint: disable=g-import-not-at-top
+  stored = run_config.read_json(os.path.join(workdir, run_config.CONFIG_FILE))
+  if stored is None:
+    return
+  changes = run_config.config_changes(stored, run_config.run_record(config), _LOGGING_FIELDS)
+  if changes:
+    raise ConfigMismatchError(
+        f'{workdir} holds a run of another config (stored -> now):\n'
+        f'{run_config.format_changes(changes)}\nUse another --root for these settings, or delete '
+        'that run directory to retrain it.')
+
+
+def steps_to_reach(steps: Sequence[float], losses: Sequence[float],
+                   target: float) -> float | None:
+  """The step at which the loss curve ``(steps, losses)`` (increasing steps) first reaches
+  ``target`` (loss <= target): linearly interpolated between the last point above ``target`` and
+  the first at or below it; the first point's step when that one already reaches it (nothing is
+  assumed before the first point); None when no point does."""
+  steps, losses = list(map(float, steps)), list(map(float, losses))
+  if len(steps) != len(losses):
+    raise ValueError(f'steps_to_reach: {len(steps)} steps but {len(losses)} losses')
+  for i, (s, loss) in enumerate(zip(steps, losses)):
+    if loss <= target:
+      if i == 0:
+        return s
+      s0, l0 = steps[i - 1], losses[i - 1]
+      return s0 + (l0 - target) / (l0 - loss) * (s - s0)
+  return None
+
+
+def trailing_mean(steps: Sequence[float], values: Sequence[float], window: float) -> list[float]:
+  """A logged curve smoothed: at each point the mean of the points in the trailing ``window``
+  steps ``(step - window, step]``, each weighted by the steps it covers (its step minus the
+  previous point's; the first point its own step), as a point of ``metrics.jsonl`` is the mean
+  of the training steps since the previous one. ``window`` <= the gap between points: no
+  smoothing."""
+  out = []
+  for i, s in enumerate(steps):
+    num = den = 0.0
+    for j in range(i, -1, -1):
+      if steps[j] <= s - window and j < i:
+        break
+      w = steps[j] - (steps[j - 1] if j else 0.0)
+      num, den = num + w * values[j], den + w
+    out.append(num / den if den > 0 else float(values[i]))
+  return out

@@ -9,12 +9,16 @@ A task tells the trainer, for the model's outputs on a batch,
   temperature (the DLB and SMC recipes, ``jaxrec.train.recipes``);
 * ``view``: a train-time view of a batch's inputs from a key (data augmentation; identity for CTR,
   whose views differ through their dropout keys);
+* ``eval_outputs``: what the evaluation step keeps of a batch's outputs, on the device (the
+  outputs themselves, or per-row statistics when they are too large to bring to the host);
+* ``train_metrics``: extra metrics of the training step (e.g. per-modality losses);
 * ``metrics``: the evaluation metrics of scored rows (host numpy), ``monitors`` the metrics that
   may pick the best epoch, and ``summary`` the line the loop prints per epoch.
 
-``CTRTask`` (binary labels, one logit per row: AUC, logloss, NE) and ``ClassificationTask``
-(integer classes, one logit per class: accuracy, NLL, ECE) are the tasks; :func:`task_for` picks
-the one of a dataset's schema. Example::
+``CTRTask`` (binary labels, one logit per row: AUC, logloss, NE), ``ClassificationTask``
+(integer classes, one logit per class: accuracy, NLL, ECE) and ``LanguageModelTask`` (next-token
+prediction over mixed-modal sequences: loss and perplexity overall and per modality) are the
+tasks; :func:`task_for` picks the one of a dataset's schema. Example::
 
   task = task_for(data.schema)                # ClassificationTask for an ImageSchema
   loss = weighted_mean(task.row_loss(logits, batch), batch['weight'])
@@ -31,11 +35,11 @@ import numpy as np
 import optax
 
 from jaxrec.data.image_transforms import random_crop_flip
-from jaxrec.data.schema import FeatureSchema, ImageSchema
+from jaxrec.data.schema import FeatureSchema, ImageSchema, SequenceSchema
 from jaxrec.errors import ConfigError
 from jaxrec.train.metrics import classification_metrics, ctr_metrics
 
-TASKS = ('ctr', 'classification')
+TASKS = ('ctr', 'classification', 'lm')
 
 
 def weighted_mean(per_row: jnp.ndarray, weight: jnp.ndarray) -> jnp.ndarray:
@@ -65,6 +69,16 @@ class Task:
     """A train-time view of the model inputs (the identity unless the task augments)."""
     del key
     return feats
+
+  def eval_outputs(self, outputs: jnp.ndarray, batch: dict) -> jnp.ndarray:
+    """What evaluation keeps of a batch's outputs (runs on the device, inside the eval step)."""
+    del batch
+    return outputs
+
+  def train_metrics(self, outputs: jnp.ndarray, batch: dict) -> dict:
+    """Extra metrics of a training step's outputs (none by default)."""
+    del outputs, batch
+    return {}
 
   def metrics(self, labels: np.ndarray, outputs: np.ndarray, weights: np.ndarray) -> dict:
     raise NotImplementedError
@@ -169,19 +183,107 @@ class ClassificationTask(Task):
             f'ece {metrics["ece"]:.4f}')
 
 
+@dataclasses.dataclass(frozen=True)
+class LanguageModelTask(Task):
+  """Next-token prediction over token sequences (``jaxrec.data.schema.SequenceSchema``).
+
+  Outputs are logits ``[B, L, V]``; a batch holds ``label`` (the next token of each input,
+  ``int32 [B, L]``), ``target_modality`` (``int32 [B, L]``) and ``loss_mask`` (``float32 [B, L]``,
+  1 where the target counts). A row's loss is the mean negative log-likelihood of its counted
+  targets (rows of one dataset hold the same number of tokens, so the step's row mean is the token
+  mean). Evaluation keeps per row, for every modality, the summed NLL and the number of counted
+  targets (``eval_outputs``: ``[B, 2 M]``), and reports ``loss`` / ``ppl`` over all targets and
+  ``<modality>_loss`` / ``<modality>_ppl`` per target modality (nats; ppl = exp(loss)).
+
+  Attributes:
+    modality_names: one name per modality id.
+  """
+  modality_names: tuple[str, ...] = ('text', 'image')
+  name = 'lm'
+  soft_labels = False  # no distillation of per-token soft labels (DLB / SMC) yet
+
+  @property
+  def monitors(self):
+    out = {'loss': (('loss', -1.0),)}
+    out.update({f'{m}_loss': ((f'{m}_loss', -1.0),) for m in self.modality_names})
+    return out
+
+  def _token_nll(self, outputs, batch):
+    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32),
+                                                           batch['label'])  # [B, L]
+
+  def _row_mean(self, per_token, batch):
+    mask = batch['loss_mask'].astype(jnp.float32)
+    return jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+  def row_loss(self, outputs, batch):
+    return self._row_mean(self._token_nll(outputs, batch), batch)
+
+  def smoothed_row_loss(self, outputs, batch, smoothing):
+    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], outputs.shape[-1]), smoothing)
+    return self._row_mean(optax.softmax_cross_entropy(outputs.astype(jnp.float32), targets), batch)
+
+  def _per_modality(self, per_token, batch):
+    """``[B, 2 M]``: per modality, the masked sum of ``per_token`` and the counted targets."""
+    mask = batch['loss_mask'].astype(jnp.float32)
+    onehot = jax.nn.one_hot(batch['target_modality'], len(self.modality_names)) * mask[..., None]
+    return jnp.concatenate([jnp.einsum('bl,blm->bm', per_token, onehot),
+                            jnp.sum(onehot, axis=1)], axis=-1)
+
+  def eval_outputs(self, outputs, batch):
+    return self._per_modality(self._token_nll(outputs, batch), batch)
+
+  def train_metrics(self, outputs, batch):
+    stats = self._per_modality(jax.lax.stop_gradient(self._token_nll(outputs, batch)), batch)
+    stats = jnp.sum(stats * batch['weight'][:, None], axis=0)
+    m = len(self.modality_names)
+    return {f'{name}_loss': stats[i] / jnp.maximum(stats[m + i], 1.0)
+            for i, name in enumerate(self.modality_names)}
+
+  def metrics(self, labels, outputs, weights):
+    del labels
+    stats = np.asarray(outputs, np.float64)
+    m = len(self.modality_names)
+    if stats.ndim != 2 or stats.shape[1] != 2 * m:
+      raise ValueError(f'lm metrics: per-row statistics {stats.shape} must be [rows, {2 * m}] '
+                       '(LanguageModelTask.eval_outputs)')
+    stats = stats[np.asarray(weights).reshape(-1) > 0]
+    if not len(stats) or stats[:, m:].sum() == 0:
+      raise ValueError('lm metrics of zero counted tokens')
+    nll, count = stats[:, :m].sum(axis=0), stats[:, m:].sum(axis=0)
+    out = {'loss': float(nll.sum() / count.sum()), 'rows': int(len(stats)),
+           'tokens': int(count.sum())}
+    out['ppl'] = float(np.exp(out['loss']))
+    for i, name in enumerate(self.modality_names):
+      loss = float(nll[i] / count[i]) if count[i] else float('nan')
+      out.update({f'{name}_loss': loss, f'{name}_ppl': float(np.exp(loss)),
+                  f'{name}_tokens': int(count[i])})
+    return out
+
+  def summary(self, metrics):
+    return f'loss {metrics["loss"]:.4f} ' + ' '.join(
+        f'{m} {metrics[f"{m}_loss"]:.4f}' for m in self.modality_names)
+
+
 def task_for(schema: Any, name: str = 'auto', options: Mapping[str, Any] | None = None) -> Task:
   """The task of a dataset's ``schema`` (``name='auto'``) or the one named, with ``options``
   (``config.task_options``); ConfigError for a task that does not fit the data or an option the
   task does not take."""
   options = dict(options or {})
   if name == 'auto':
-    name = 'classification' if isinstance(schema, ImageSchema) else 'ctr'
+    name = ('classification' if isinstance(schema, ImageSchema) else
+            'lm' if isinstance(schema, SequenceSchema) else 'ctr')
   if name not in TASKS:
     raise ConfigError(f'config.task must be auto or one of {TASKS}, got {name!r}')
   if name == 'ctr':
     if not isinstance(schema, FeatureSchema):
       raise ConfigError(f'config.task=ctr needs a CTR dataset; this one has a {type(schema).__name__}')
     cls, fixed = CTRTask, {}
+  elif name == 'lm':
+    if not isinstance(schema, SequenceSchema):
+      raise ConfigError('config.task=lm needs a token-sequence dataset (a SequenceSchema); this '
+                        f'one has a {type(schema).__name__}')
+    cls, fixed = LanguageModelTask, {'modality_names': tuple(schema.modality_names)}
   else:
     if not isinstance(schema, ImageSchema):
       raise ConfigError('config.task=classification needs an image dataset (an ImageSchema); '

@@ -246,9 +246,13 @@ def test_build_model_rejects_unknown_names_and_hyperparameters():
     build_model('dcnv2', SPARSE, model_structure='serial')
   with pytest.raises(ValueError, match='interaction'):
     build_model('dlrm', SPARSE, interaction='sum')
-  assert set(MODELS) == {'lr', 'fm', 'deepfm', 'dlrm', 'dcnv2', 'wukong', 'dhen', 'cnn', 'resnet'}
-  with pytest.raises(ValueError, match="'cnn' is an image model; the data has a FeatureSchema"):
+  assert set(MODELS) == {'lr', 'fm', 'deepfm', 'dlrm', 'dcnv2', 'wukong', 'dhen', 'cnn', 'resnet',
+                         'decoder_lm'}
+  with pytest.raises(ValueError, match="'cnn' is an image model .*ImageSchema.*the data has a "
+                     "FeatureSchema"):
     build_model('cnn', SPARSE)
+  with pytest.raises(ValueError, match="'decoder_lm' is a token-sequence model"):
+    build_model('decoder_lm', SPARSE)
   with pytest.raises(ValueError, match='embedding_dim'):
     build_model('fm', SPARSE, embedding_dim=0)
   model = build_model('dcnv2', SPARSE, embedding_dim=4, num_cross_layers=1,

@@ -35,12 +35,14 @@ def make_batches(steps: int = STEPS, rows: int = ROWS, schema=SCHEMA, seed: int 
   return out
 
 
-def reference_run(model, batches, optim=OPTIM, seed=0):
-  """The plain single-device trainer: (losses [steps], initial state on host)."""
+def reference_run(model, batches, optim=OPTIM, seed=0, task=None):
+  """The plain single-device trainer: (losses [steps], initial state on host); ``task`` as the
+  trainer's (None: CTR)."""
   tx = state_lib.make_optimizer(optim)
   state, mask = state_lib.create_train_state(model, batches[0], tx, seed)
   initial = jax.device_get(state)
-  step = jax.jit(state_lib.make_train_step(model, tx, mask, optim))
+  step = jax.jit(state_lib.make_train_step(
+      model, tx, mask, optim, state_lib.make_loss_and_grad(model, mask, optim, task=task)))
   losses = []
   for b in batches:
     state, m = step(state, b)
@@ -54,10 +56,10 @@ def mesh_for(axes: dict, hosts: int = 0, devices=None):
   return make_mesh(axes, devices)
 
 
-def sharded_run(model, mesh, config: ShardingConfig, batches, initial, optim=OPTIM):
+def sharded_run(model, mesh, config: ShardingConfig, batches, initial, optim=OPTIM, task=None):
   """Steps a ShardedTrainer from ``initial``: (losses, trainer, compiled step)."""
   tx = state_lib.make_optimizer(optim)
-  trainer = ShardedTrainer(model, tx, optim, mesh, config, batches[0])
+  trainer = ShardedTrainer(model, tx, optim, mesh, config, batches[0], task=task)
   state = trainer.place_state(initial)
   compiled = trainer.lower_train_step(state, trainer.global_batch(batches[0])).compile()
   losses = []

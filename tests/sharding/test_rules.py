@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.data.schema import ImageSchema, one_hot_schema
+from jaxrec.data.schema import ImageSchema, SequenceSchema, one_hot_schema
 from jaxrec.layers import LOGICAL_AXIS_NAMES
+from jaxrec.layers import decoder as decoder_lib
 from jaxrec.layers import dhen as dhen_lib
 from jaxrec.layers import wukong as wukong_lib
 from jaxrec.models import MODELS, build_model, model_hyperparameters
@@ -20,6 +21,7 @@ from jaxrec.models.transformer import FieldTransformer
 from jaxrec.sharding import offload, rules
 from jaxrec.sharding.fsdp import MixedPrecision, ShardingConfig, Strategy, plan_state
 from jaxrec.sharding.guardrail import check_unsharded, unsharded_report
+from jaxrec.train import evaluation
 from jaxrec.train import state as state_lib
 from tests.sharding import common
 
@@ -30,7 +32,9 @@ FLAT_FSDP = {'data': 1, 'fsdp': -1, 'tensor': 1}
 
 def plan(model, strategy, axes=FLAT_FSDP, hosts=0, **kwargs):
   tx = state_lib.make_optimizer(common.OPTIM)
-  if isinstance(model.schema, ImageSchema):
+  if isinstance(model.schema, SequenceSchema):
+    batch = evaluation._dummy_batch(model.schema)  # pylint: disable=protected-access
+  elif isinstance(model.schema, ImageSchema):
     batch = {'image': np.zeros((8,) + model.schema.shape, np.float32),
              'label': np.zeros(8, np.int32), 'weight': np.ones(8, np.float32)}
   else:
@@ -42,7 +46,7 @@ def plan(model, strategy, axes=FLAT_FSDP, hosts=0, **kwargs):
 def test_every_logical_name_has_a_rule():
   transformer_names = ('heads', 'kv', 'layers', 'length', 'batch')
   rules.check_names_covered(LOGICAL_AXIS_NAMES + transformer_names + wukong_lib.AXIS_NAMES +
-                            dhen_lib.AXIS_NAMES, 'all names')
+                            dhen_lib.AXIS_NAMES + decoder_lib.AXIS_NAMES, 'all names')
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
@@ -51,6 +55,9 @@ def test_every_registered_model_plans_under_full_shard(name):
   their conv axes)."""
   if 'embedding_dim' in model_hyperparameters(MODELS[name]):
     model = build_model(name, common.SCHEMA, embedding_dim=4)
+  elif name == 'decoder_lm':
+    model = build_model(name, SequenceSchema(seq_len=64, images_per_sequence=1,
+                                             text_vocab_size=27, codebook_size=32))
   else:
     model = build_model(name, ImageSchema(28, 28, 1, 10))
   plan(model, 'FULL_SHARD', indivisible='replicate')
