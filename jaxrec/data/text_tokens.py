@@ -38,13 +38,13 @@ TEXT_COLUMN = 'description'
 
 
 def require_tokenizers() -> ModuleType:
-  """The ``tokenizers`` package (an extra of jaxrec: imported only when text is tokenized, so the
-  data layer imports without it); ImportError saying how to install it."""
+  """The ``tokenizers`` package (a jaxrec dependency, imported only when text is tokenized);
+  ImportError saying how to install it."""
   try:
     import tokenizers  # pylint: disable=g-import-not-at-top,redefined-outer-name
   except ImportError as e:
-    raise ImportError("the mixed-modal text needs the 'tokenizers' package: pip install "
-                      "'jaxrec[llm]' (or 'tokenizers>=0.15')") from e
+    raise ImportError("the mixed-modal text needs the 'tokenizers' package (a jaxrec "
+                      "dependency): pip install 'tokenizers>=0.15'") from e
   return tokenizers
 
 
