@@ -69,14 +69,17 @@ def base_config(dataset: str, args):
 
 
 def run_one(args, dataset: str, depth: int, seed: int) -> dict:
+  from jaxrec.data.schema import schema_from_dict  # pylint: disable=g-import-not-at-top
   from jaxrec.models.flops import per_example_flops  # pylint: disable=g-import-not-at-top
-  from jaxrec.train.loop import load_data, make_model  # pylint: disable=g-import-not-at-top
+  from jaxrec.train.evaluation import load_dataset_state  # pylint: disable=g-import-not-at-top
+  from jaxrec.train.loop import make_model  # pylint: disable=g-import-not-at-top
   c = base_config(dataset, args)
   c.model_kwargs.layers = layers(depth)
   c.seed = seed
   name = 'baseline' if depth == 0 else f'dhen_{depth}'
-  results = study.run_or_read(c, os.path.join(args.root, f'{dataset}_{name}_seed{seed}'))
-  schema = _schema(dataset, c, load_data)
+  workdir = os.path.join(args.root, f'{dataset}_{name}_seed{seed}')
+  results = study.run_or_read(c, workdir)
+  schema = schema_from_dict(load_dataset_state(workdir)['schema'])  # as the run recorded it
   row = {'dataset': dataset, 'model': name, 'depth': depth, 'seed': seed,
          'valid_ne': results['valid']['ne'], 'valid_auc': results['valid']['auc'],
          'valid_logloss': results['valid']['logloss'], 'best_epoch': results['best_epoch'],
@@ -84,15 +87,6 @@ def run_one(args, dataset: str, depth: int, seed: int) -> dict:
          'forward_flops': per_example_flops(make_model(c, schema))}
   print(json.dumps(row), flush=True)
   return row
-
-
-_SCHEMAS: dict = {}
-
-
-def _schema(dataset, config, load_data):
-  if dataset not in _SCHEMAS:
-    _SCHEMAS[dataset] = load_data(config).schema
-  return _SCHEMAS[dataset]
 
 
 def ne_changes(rows: list[dict]) -> dict:

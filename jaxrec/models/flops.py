@@ -1,4 +1,7 @@
-"""Per-example forward FLOPs of every CTR model, computed analytically from its hyperparameters.
+"""Per-example forward FLOPs of every registered model, computed analytically from its
+hyperparameters: the CTR models here, the image classifiers by ``jaxrec.models.vision_flops``
+(without padding taps), the mixed-modal decoder LM by ``mixed_modal_lm_flops_breakdown`` (one
+example = one sequence; matmuls only).
 
 ``per_example_flops(model)`` (or ``config_flops(name, schema, embedding_dim, **kwargs)``) counts
 the arithmetic of one example's forward pass in inference mode (BatchNorm with running averages,
@@ -38,18 +41,14 @@ from jaxrec.models.deepfm import DeepFM
 from jaxrec.models.dhen import DHEN
 from jaxrec.models.dlrm import DLRM
 from jaxrec.models.fm import FM
+from jaxrec.models.flop_units import Breakdown, dense
 from jaxrec.models.lr import LR
+from jaxrec.models.mixed_modal_lm import DecoderLM, mixed_modal_lm_flops_breakdown
+from jaxrec.models.vision import CNN, ResNet
+from jaxrec.models.vision_flops import vision_flops_breakdown
 from jaxrec.models.wukong import Wukong
 
-Breakdown = dict[str, int]
-
-
-# ---- building blocks ----
-
-
-def dense(n_in: int, n_out: int, bias: bool = True) -> int:
-  """A dense layer ``[n_in] -> [n_out]``."""
-  return 2 * n_in * n_out + (n_out if bias else 0)
+# ---- building blocks (Breakdown and dense: jaxrec.models.flop_units) ----
 
 
 def activation(n: int, name) -> int:
@@ -266,8 +265,15 @@ def _dhen(model: DHEN) -> Breakdown:
   return b
 
 
+def _decoder_lm(m: DecoderLM) -> Breakdown:
+  """One example is one sequence of ``schema.seq_len`` tokens (matmul FLOPs only; see
+  ``mixed_modal_lm_flops_breakdown``)."""
+  return mixed_modal_lm_flops_breakdown(m.lm(), m.schema.seq_len)
+
+
 COUNTERS: dict[type[nn.Module], Callable[[nn.Module], Breakdown]] = {
-    LR: _lr, FM: _fm, DeepFM: _deepfm, DLRM: _dlrm, DCNv2: _dcnv2, Wukong: _wukong, DHEN: _dhen}
+    LR: _lr, FM: _fm, DeepFM: _deepfm, DLRM: _dlrm, DCNv2: _dcnv2, Wukong: _wukong, DHEN: _dhen,
+    CNN: vision_flops_breakdown, ResNet: vision_flops_breakdown, DecoderLM: _decoder_lm}
 
 
 def flops_breakdown(model: nn.Module) -> Breakdown:

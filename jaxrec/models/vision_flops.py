@@ -36,7 +36,7 @@ from typing import Callable
 import flax.linen as nn
 
 from jaxrec.layers.conv import conv_output_size
-from jaxrec.models.flops import Breakdown, dense
+from jaxrec.models.flop_units import Breakdown, dense
 from jaxrec.models.vision import CNN, NUM_STAGES, ResNet
 
 # ---- building blocks ----

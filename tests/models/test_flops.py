@@ -135,3 +135,16 @@ def test_upscaling_wukong_grows_its_flops():
 def test_unsupported_model_raises():
   with pytest.raises(TypeError, match='no FLOP counter for Dense; supported'):
     per_example_flops(nn.Dense(3))
+
+
+def test_one_counter_serves_every_registered_model():
+  """flops_breakdown covers the image classifiers and the decoder LM too (their own counters)."""
+  from jaxrec.data.schema import ImageSchema, SequenceSchema  # pylint: disable=g-import-not-at-top
+  from jaxrec.models.mixed_modal_lm import mixed_modal_lm_flops  # pylint: disable=g-import-not-at-top
+  from jaxrec.models.vision_flops import vision_flops  # pylint: disable=g-import-not-at-top
+  resnet = build_model('resnet', ImageSchema(28, 28, 1, 10))
+  assert per_example_flops(resnet) == vision_flops(resnet)
+  seq = SequenceSchema(seq_len=64, images_per_sequence=1, text_vocab_size=27, codebook_size=32)
+  lm = build_model('decoder_lm', seq, untie='mot')
+  assert per_example_flops(lm) == mixed_modal_lm_flops(lm.lm(), 64)
+  assert per_example_flops(lm) == per_example_flops(build_model('decoder_lm', seq))  # dense
