@@ -182,6 +182,17 @@ PRETRAIN_SHORT = ('--max_tables 3 --batch_size 64 --max_bytes 262144 --dims 8 --
                   + TINY_COST_MODEL)
 BENCH_PLANNER_SHORT = ('--batch_size 64 --memory_cap_bytes 262144 --tables 3,6 --dims 8 --runs 1 '
                        '--warmup 0 --ids_per_octave 1 --cost_model ' + TINY_COST_MODEL)
+# The mixed-modal LM: one layer of width 32, 128-token rows with one image, a 256-token BPE and 16
+# codes (fast to fit), one epoch of 16 rows (two steps), 16 validation rows.
+LM_DATA_TINY = ('dataset_options.mixed_modal.seq_len=128 '
+                'dataset_options.mixed_modal.images_per_sequence=1 '
+                'dataset_options.mixed_modal.train_rows=16 dataset_options.mixed_modal.valid_rows=16 '
+                'dataset_options.mixed_modal.text_vocab_size=256 '
+                'dataset_options.mixed_modal.codebook_size=16 model_kwargs.num_layers=1 '
+                'model_kwargs.embed_dim=32 model_kwargs.num_heads=2 model_kwargs.head_dim=16 '
+                'model_kwargs.mlp_dim=64 batch_size=8 eval_batch_size=16')
+LM_STUDY_SET = ' '.join('--set ' + f for f in LM_DATA_TINY.split() if 'train_rows' not in f)
+LM_TINY = ' '.join('--config.' + f for f in LM_DATA_TINY.split()) + ' --config.num_epochs=1'
 FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
 # The first 16k / 4k rows of Frappe's train / validation files in ./frappe_head (a command prefix),
 # for study blocks whose one epoch on the full files took about two minutes in the suite.
@@ -418,6 +429,31 @@ COMMANDS: dict[str, object] = {
     '--out runs/bench_planner':
         Run(replace=(('--tasks 100', '--tasks 2'),), append=BENCH_PLANNER_SHORT,
             needs=('shared_data',)),
+    # docs/mot.md: training, two steps of a one-layer model on short rows with one image.
+    'python scripts/train.py --config configs/dense_mixed_modal.py --workdir runs/dense_mixed_modal':
+        Run(append=LM_TINY, needs=('shared_data',)),
+    'python scripts/train.py --config configs/mot_mixed_modal.py --workdir runs/mot_mixed_modal':
+        Run(append=LM_TINY, needs=('shared_data',)),
+    # docs/mot.md: the study at the smallest size, one layer, two steps (one validation point);
+    # the samples, one per class, from a tiny MoT run made here in the 's' run's place.
+    'python scripts/mot_study.py --sizes xs,s --steps 400 --eval_every 40 '
+    '--set dataset_options.mixed_modal.valid_rows=256 --root runs/mot_study --out docs/mot_study':
+        Run(replace=(('--sizes xs,s --steps 400 --eval_every 40', '--sizes xs --steps 2 '
+                      '--eval_every 2'),
+                     ('--set dataset_options.mixed_modal.valid_rows=256', LM_STUDY_SET)),
+            needs=('shared_data',)),
+    'python scripts/generate_mixed_modal.py --workdir runs/mot_study/s_mot_seed2021 '
+    '--samples_per_class 8 --text_prompt "This app" --out docs/mot_samples.png':
+        Run(replace=(('python scripts/generate_mixed_modal.py',
+                      'python scripts/train.py --config configs/mot_mixed_modal.py --workdir '
+                      'runs/mot_study/s_mot_seed2021 ' + LM_TINY + ' && '
+                      'python scripts/generate_mixed_modal.py'),
+                     ('--samples_per_class 8', '--samples_per_class 1')),
+            append='--text_tokens 8', needs=('shared_data',)),
+    # docs/mot.md: the benchmark at the smallest size, one timed step.
+    'python scripts/bench_mot.py --sizes xs,s,m --batch_size 8 --out docs/mot_bench':
+        Run(replace=(('--sizes xs,s,m --batch_size 8', '--sizes xs --batch_size 2'),),
+            append='--steps 1 --warmup 1'),
 }
 
 

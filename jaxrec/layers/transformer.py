@@ -69,6 +69,18 @@ def check_remat_policy(name: str, argument: str = 'remat_policy') -> str:
   return name
 
 
+def wrap_block(block: type[nn.Module], layer_param_fn: Optional[Callable[[PyTree], PyTree]],
+               remat_policy: str, scanned: bool, initializing: bool) -> type[nn.Module]:
+  """A block class with its per-layer parameter map applied (``layer_param_fn``, e.g. the FSDP
+  gather; not while initialising) and rematerialised by ``remat_policy``: the wrapping every
+  stack of blocks (this one, the decoder LM's) does before it scans or unrolls them."""
+  if layer_param_fn is not None and not initializing:
+    block = nn.map_variables(block, 'params', trans_in_fn=layer_param_fn)
+  if remat_policy != 'none':
+    block = nn.remat(block, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scanned)
+  return block
+
+
 class _Linear(nn.Module):
   """``y = x . W + b`` contracting the last ``num_in`` dims of ``x`` with the first of ``W``.
 
@@ -218,12 +230,8 @@ class TransformerStack(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
                train: bool = False) -> jax.Array:
-    block = _ScanBlock if self.scan_layers else TransformerBlock
-    if self.layer_param_fn is not None and not self.is_initializing():
-      block = nn.map_variables(block, 'params', trans_in_fn=self.layer_param_fn)
-    if self.remat_policy != 'none':
-      block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy],
-                       prevent_cse=not self.scan_layers)
+    block = wrap_block(_ScanBlock if self.scan_layers else TransformerBlock, self.layer_param_fn,
+                       self.remat_policy, self.scan_layers, self.is_initializing())
     kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
                   dropout_rate=self.dropout_rate, causal=self.causal,
                   activation=self.activation, deterministic=not train, dtype=self.dtype)

@@ -67,3 +67,20 @@ def sharded_run(model, mesh, config: ShardingConfig, batches, initial, optim=OPT
     state, m = compiled(state, trainer.global_batch(b))
     losses.append(float(m['loss']))
   return np.array(losses), trainer, compiled
+
+
+# The gather each gspmd strategy implies on the CASES meshes of the equivalence tests (data 2 x
+# fsdp 4 for FULL_SHARD, fsdp 8 for SHARD_GRAD_OP, (host 2, fsdp 4) for HYBRID_SHARD): kind and
+# replica-group size of a collective in the compiled step.
+def assert_strategy_gathers(name: str, kinds: set) -> None:
+  """``kinds``: ``{(collective kind, group size)}`` of the compiled step of strategy ``name``."""
+  if name == 'NO_SHARD':
+    assert ('all-reduce', 8) in kinds and not any(k == 'all-gather' for k, _ in kinds), kinds
+  elif name == 'FULL_SHARD':
+    assert ('all-gather', 4) in kinds, kinds  # over fsdp; replicated over data
+  elif name == 'SHARD_GRAD_OP':
+    assert ('all-gather', 8) in kinds, kinds
+  elif name == 'HYBRID_SHARD':
+    assert ('all-gather', 4) in kinds and ('all-gather', 8) not in kinds, kinds
+  else:
+    raise ValueError(f'no expected gathers for {name!r}')

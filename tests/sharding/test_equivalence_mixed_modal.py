@@ -70,18 +70,13 @@ def test_strategy_matches_single_device(reference, name):
                                               task=TASK)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   kinds = {(op.kind, op.group_size) for op in hlo.collectives(compiled.as_text())}
-  if name == 'NO_SHARD':
-    assert ('all-reduce', 8) in kinds and not any(k == 'all-gather' for k, _ in kinds)
-    return
+  if name != 'FULL_SHARD+tensor':
+    common.assert_strategy_gathers(name, kinds)
+    if name == 'NO_SHARD':
+      return
   assert trainer.report.fraction <= 0.1
   gate = trainer.plan.param_dims['lm']['layers']['ffn']['gate']['kernel']
   lead = ((), ()) if untie == 'mot' else ((),)  # 'layers' (and MoT's 'modality') unsharded
-  if name == 'FULL_SHARD':
-    assert ('all-gather', 4) in kinds  # over fsdp; replicated over data
-  elif name == 'SHARD_GRAD_OP':
-    assert ('all-gather', 8) in kinds
-  elif name == 'HYBRID_SHARD':
-    assert ('all-gather', 4) in kinds and ('all-gather', 8) not in kinds
-  else:  # fsdp x tensor: the SwiGLU kernels' 'mlp' dimension split over the tensor axis too
+  if name == 'FULL_SHARD+tensor':  # the SwiGLU kernels' 'mlp' dimension over the tensor axis too
     assert gate == lead + (('fsdp',), ('tensor',)), gate
     assert any(k == 'all-gather' for k, _ in kinds)

@@ -49,15 +49,11 @@ def test_strategy_matches_single_device(reference, name, remat):
   trainer, ops = _run(reference, strategy, axes, hosts, implementation, remat)
   kinds = {(op.kind, op.group_size) for op in ops}
   operands = lambda kind: sum(len(op.dtypes) for op in ops if op.kind == kind)  # XLA combines ops
-  if name == 'NO_SHARD':
-    assert ('all-reduce', 8) in kinds and operands('all-gather') == operands('reduce-scatter') == 0
-    return
-  if name == 'FULL_SHARD':
-    assert ('all-gather', 4) in kinds  # over fsdp; replicated over data
-  elif name == 'SHARD_GRAD_OP':
-    assert ('all-gather', 8) in kinds
-  elif name == 'HYBRID_SHARD':
-    assert ('all-gather', 4) in kinds and ('all-gather', 8) not in kinds
+  if name in ('NO_SHARD', 'FULL_SHARD', 'SHARD_GRAD_OP', 'HYBRID_SHARD'):
+    common.assert_strategy_gathers(name, kinds)
+    if name == 'NO_SHARD':
+      assert operands('all-gather') == operands('reduce-scatter') == 0
+      return
   else:
     # Explicit FULL_SHARD: an all-gather per sharded parameter in the forward pass (the stack's
     # inside the scan body, once per layer) and a reduce-scatter per sharded gradient; with remat
