@@ -1,11 +1,12 @@
 """Decoder-only LM building blocks, dense or untied by modality (Mixture-of-Transformers).
 
 Pieces: ``RMSNorm``, ``rotary`` (rotary position embedding), ``SwiGLU``, ``causal_attention``
-(with key positions, so the same function attends over a KV cache), ``ModalDense`` and
-``DecoderBlock``. Every parameterised piece takes ``num_modalities``: None gives one shared set
-of weights (a dense model); ``M`` gives ``M`` copies stacked on a leading ``'modality'`` axis
-(Mixture-of-Transformers, Liang et al. 2024, arXiv:2411.04996), and each call names the copy to
-use (``layer(x, m)``).
+(with key positions, so the same function attends over a KV cache; per-row positions and a key
+mask for mixture-of-depths), ``ModalDense`` and ``DecoderBlock`` (its ``attention`` sub-layer is
+reused by ``jaxrec.layers.moe.MoMaBlock``). Every parameterised piece takes
+``num_modalities``: None gives one shared set of weights (a dense model); ``M`` gives ``M`` copies
+stacked on a leading ``'modality'`` axis (Mixture-of-Transformers, Liang et al. 2024,
+arXiv:2411.04996), and each call names the copy to use (``layer(x, m)``).
 
 Which tokens use which copy is a ``Routing``:
 
@@ -162,20 +163,30 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array,
-                     k_pos: jax.Array) -> jax.Array:
+                     k_pos: jax.Array, k_valid: Optional[jax.Array] = None) -> jax.Array:
   """Multi-head attention where a query at position ``p`` sees keys at positions ``<= p``.
 
   Args:
     q: ``[B, T, H, K]``; k, v: ``[B, S, H, K]`` (``S = T`` in a full forward; the cache length
       when decoding).
-    q_pos: int ``[T]``, the queries' positions; k_pos: int ``[S]``, the keys' positions.
+    q_pos: int ``[T]`` or ``[B, T]`` (per row, e.g. the tokens a mixture-of-depths layer
+      gathered), the queries' positions; k_pos: int ``[S]`` or ``[B, S]``, the keys' positions.
+    k_valid: optional bool ``[B, S]``: only keys marked True are attended to (mixture-of-depths
+      at inference: the skipped tokens are no keys). A query with no valid key at or before it
+      gets an arbitrary finite output (uniform weights); callers discard it.
 
   Returns:
     ``[B, T, H, K]``. Scores and softmax in float32.
   """
   scores = jnp.einsum('bthk,bshk->bhts', q, k).astype(jnp.float32) / jnp.sqrt(
       jnp.float32(q.shape[-1]))  # [B, H, T, S]
-  allowed = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+  if q_pos.ndim == 1 and k_pos.ndim == 1:
+    allowed = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+  else:
+    allowed = (k_pos[..., None, :] <= q_pos[..., :, None])  # [(B,) T, S]
+    allowed = allowed[:, None] if allowed.ndim == 3 else allowed  # [B, 1, T, S] or [T, S]
+  if k_valid is not None:
+    allowed = allowed & k_valid[:, None, None, :]  # [B, 1, T, S]
   scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum('bhts,bshk->bthk', weights, v)
@@ -271,8 +282,13 @@ class DecoderBlock(nn.Module):
   Call:
     x: ``[B, T, D]``; routing: a ``Routing`` over the ``T`` tokens; start: int32 scalar, the
     position of ``x[:, 0]`` (token ``t`` is at ``start + t``); cache: None, or ``{'key', 'value'}``
-    each ``[B, S, H, K]``: the new keys / values are written at ``[start, start + T)`` and the
-    queries attend over the whole cache (positions ``0 .. S-1``; later ones are masked).
+    each ``[B, S, H, K]`` (optionally ``'valid'`` bool ``[B, S]``): the new keys / values (and
+    validity) are written at ``[start, start + T)`` and the queries attend over the whole cache
+    (positions ``0 .. S-1``; later ones are masked, and with ``'valid'`` the invalid ones too).
+    positions: optional int ``[B, T]``, each token's own position (overrides ``start``; a
+    mixture-of-depths layer runs on a row's gathered tokens at their original positions); not
+    with a cache. valid: optional bool ``[B, T]``: which of the tokens may be attended to as keys
+    (all when None).
 
   Returns:
     ``(y [B, T, D], cache)`` (the updated cache, or None).
@@ -286,36 +302,57 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, routing: Routing, start: jax.Array,
-               cache: Optional[dict[str, jax.Array]] = None):
+               cache: Optional[dict[str, jax.Array]] = None,
+               positions: Optional[jax.Array] = None, valid: Optional[jax.Array] = None):
+    hs, cache = self.attention(x, routing, start, cache, positions, valid)
+    mods = self.num_modalities
+    ffn_norm = RMSNorm(mods, dtype=self.dtype, name='ffn_norm')
+    ffn = SwiGLU(self.mlp_dim, mods, self.dtype, name='ffn')
+    ys = [hg + ffn_norm(ffn(hg, m), m) for hg, m in zip(hs, routing.modalities)]
+    y = routing.merge(ys)
+    return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), cache
+
+  def attention(self, x: jax.Array, routing: Routing, start: jax.Array,
+                cache: Optional[dict[str, jax.Array]], positions: Optional[jax.Array] = None,
+                valid: Optional[jax.Array] = None):
+    """The attention sub-layer (its parameters live in this block; call from ``__call__``).
+
+    Returns ``(hs, cache)``: per routing group the post-attention residual stream
+    ``H_g = X_g + Norm_attn(A_g W_o)`` (``[B, C_g, D]``) and the updated cache.
+    """
     d, h, k, mods = x.shape[-1], self.num_heads, self.head_dim, self.num_modalities
     proj = lambda name: ModalDense((h, k), 1, ('embed', 'heads', 'kv'), mods, self.dtype,
                                    name=name)
     w_q, w_k, w_v = proj('query'), proj('key'), proj('value')
     w_o = ModalDense((d,), 2, ('heads', 'kv', 'embed'), mods, self.dtype, name='out')
     attn_norm = RMSNorm(mods, dtype=self.dtype, name='attn_norm')
-    ffn_norm = RMSNorm(mods, dtype=self.dtype, name='ffn_norm')
-    ffn = SwiGLU(self.mlp_dim, mods, self.dtype, name='ffn')
 
     xs = routing.split(x)  # per group [B, C_g, D]
     ms = routing.modalities
     q, kk, v = (routing.merge([w(xg, m) for xg, m in zip(xs, ms)])  # each [B, T, H, K]
                 for w in (w_q, w_k, w_v))
-    positions = start + jnp.arange(x.shape[1], dtype=jnp.int32)  # [T]
+    if positions is None:
+      positions = start + jnp.arange(x.shape[1], dtype=jnp.int32)  # [T]
+    elif cache is not None:
+      raise ValueError(f'{self.name}: per-row positions cannot be used with a KV cache')
     q = rotary(q, positions, self.rope_base)
     kk = rotary(kk, positions, self.rope_base)
     if cache is None:
-      keys, values, k_pos = kk, v, positions
+      keys, values, k_pos, k_valid = kk, v, positions, valid
     else:
       at = (0, start, 0, 0)
       keys = jax.lax.dynamic_update_slice(cache['key'], kk.astype(cache['key'].dtype), at)
       values = jax.lax.dynamic_update_slice(cache['value'], v.astype(cache['value'].dtype), at)
-      cache = {'key': keys, 'value': values}
       k_pos = jnp.arange(keys.shape[1], dtype=jnp.int32)
-    attn = causal_attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
-
-    ys = []
-    for xg, ag, m in zip(xs, routing.split(attn), ms):  # ag: [B, C_g, H, K]
-      hg = xg + attn_norm(w_o(ag, m), m)
-      ys.append(hg + ffn_norm(ffn(hg, m), m))
-    y = routing.merge(ys)
-    return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), cache
+      if 'valid' in cache:
+        new_valid = jnp.ones(x.shape[:2], bool) if valid is None else valid
+        k_valid = jax.lax.dynamic_update_slice(cache['valid'], new_valid, (0, start))
+        cache = {'key': keys, 'value': values, 'valid': k_valid}
+      elif valid is not None:
+        raise ValueError(f"{self.name}: a key mask needs a cache with a 'valid' entry")
+      else:
+        cache, k_valid = {'key': keys, 'value': values}, None
+    attn = causal_attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos,
+                            k_valid)
+    hs = [xg + attn_norm(w_o(ag, m), m) for xg, ag, m in zip(xs, routing.split(attn), ms)]
+    return hs, cache

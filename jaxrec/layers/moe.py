@@ -18,6 +18,11 @@ Only the feed-forward layers are sparse; attention stays shared. Three pieces:
   main model with ``aux_router_loss`` (BCE against the main router's choices); at inference
   ``causal_route`` thresholds it at 0.5, each token on its own, which keeps decoding causal.
 
+The decoder layer built from them is ``MoMaBlock`` (shared attention from ``decoder.DecoderBlock``,
+a dense or MoMa FFN, optionally under MoD; its routers' auxiliary-router terms are sown into the
+``'intermediates'`` collection and summed by ``aux_router_terms``); ``jaxrec.models.
+mixed_modal_lm.MixedModalLM(ffn='moe', mod_fraction=...)`` stacks it.
+
 Why a causal mode: expert choice (and MoD top-k) ranks a token against the other tokens of the
 batch, later ones included, so in training a token's output depends on tokens after it (see
 ``tests/layers/test_moe.py``). ``train=False`` routes with the auxiliary routers instead.
@@ -36,7 +41,10 @@ MoMa's expert choice: per-batch top-k gives each row a data-dependent count, whi
 under MoD contains attention that must stay inside its row, so per-row ``[B, k, D]`` is the
 static layout (and the original MoD paper's choice). Attention inside a MoD layer sees only the
 selected tokens of the row; they keep their original order and positions (``apply_mod`` passes
-them to the layer for rotary and the causal mask).
+them to the layer for rotary and the causal mask). When the layer's FFN is modality-aware
+(``mod_select`` with ``capacity``) each modality is ranked apart, ``floor(fraction * C_m)`` of
+the row's ``C_m`` tokens of modality ``m``, so the chosen tokens still form static per-modality
+groups for expert choice (a per-row top-k over all tokens would give data-dependent counts).
 
 Logical axes: expert kernels ``('expert', 'embed', 'mlp')`` / ``('expert', 'mlp', 'embed')``,
 router ``('embed', 'expert')``, auxiliary router ``('embed', 'mlp')`` / ``('mlp', 'expert')``
@@ -52,8 +60,10 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from jaxrec.layers.decoder import Routing, shared_routing
+from jaxrec.layers.decoder import (DecoderBlock, RMSNorm, Routing, SwiGLU, grouped_routing,
+                                   shared_routing)
 
 # Logical axis names the parameters here use (none new: all are in the decoder's / DCN's set).
 AXIS_NAMES = ('embed', 'mlp', 'expert')
@@ -275,21 +285,53 @@ def mod_capacity(length: int, fraction: float) -> int:
   return k
 
 
-def mod_select(x: jax.Array, router_kernel: jax.Array, fraction: float):
+def mod_modality_counts(capacity: Sequence[int], fraction: float) -> tuple[int, ...]:
+  """Tokens of each modality per sequence a modality-aware MoD layer processes:
+  ``floor(fraction * capacity[m])`` (0 for an absent modality); checked."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f'MoD: fraction must be in (0, 1], got {fraction}')
+  counts = []
+  for m, c in enumerate(capacity):
+    k = int(math.floor(fraction * c + _EPS))
+    if c and k < 1:
+      raise ValueError(f'MoD: fraction {fraction} of the {c} tokens of modality {m} rounds to 0 '
+                       f'tokens')
+    counts.append(k)
+  return tuple(counts)
+
+
+def mod_select(x: jax.Array, router_kernel: jax.Array, fraction: float,
+               modality: Optional[jax.Array] = None,
+               capacity: Optional[Sequence[int]] = None):
   """Each sequence's top ``k = floor(fraction * L)`` tokens by ``sigmoid(x . w)``.
+
+  With ``modality`` and ``capacity`` (each row holds exactly ``capacity[m]`` tokens of modality
+  ``m``), each modality is ranked apart: the row's top ``floor(fraction * capacity[m])`` tokens
+  of each modality ``m`` (``mod_modality_counts``), so the chosen tokens have static
+  per-modality counts and a modality-aware layer can still group them with
+  ``decoder.grouped_routing``.
 
   Args:
     x: ``[B, L, D]``. router_kernel: ``[D]``. fraction: in ``(0, 1]``.
+    modality: optional int ``[B, L]``; capacity: the per-row counts (with ``modality``).
 
   Returns:
     ``(indices int [B, k], scores [B, k])``: the chosen positions in increasing order (the
     tokens keep their original order) and their sigmoid scores (float32, differentiable in the
     kernel). Ties: the lower position first.
   """
-  k = mod_capacity(x.shape[1], fraction)
   x, router_kernel = nn.dtypes.promote_dtype(x, router_kernel)
   scores = jax.nn.sigmoid(jnp.einsum('bld,d->bl', x, router_kernel).astype(jnp.float32))
-  _, index = jax.lax.top_k(scores, k)  # [B, k]
+  if modality is None:
+    _, index = jax.lax.top_k(scores, mod_capacity(x.shape[1], fraction))  # [B, k]
+  else:
+    if capacity is None or sum(capacity) != x.shape[1]:
+      raise ValueError(f'mod_select: per-modality selection needs capacity summing to the '
+                       f'sequence length {x.shape[1]}, got {capacity}')
+    # Other modalities' tokens score -1, below any sigmoid; k_m <= capacity[m] never reaches them.
+    index = jnp.concatenate(
+        [jax.lax.top_k(jnp.where(modality == m, scores, -1.0), k)[1]
+         for m, k in enumerate(mod_modality_counts(capacity, fraction)) if k], axis=-1)
   index = jnp.sort(index, axis=-1)
   return index, jnp.take_along_axis(scores, index, axis=-1)
 
@@ -305,22 +347,38 @@ class MoDRouter(nn.Module):
 
   Also holds the causal ``AuxRouter`` (one output) that routes at inference.
 
-  Call: ``x [B, L, D]``, ``train``. Returns ``(route, scores, aux_logits [B, L])``:
+  Attributes:
+    fraction: the share of each sequence's tokens the layer processes, in ``(0, 1]``.
+    capacity: optional per-modality token counts of every row: rank each modality apart
+      (``mod_select``; the call then takes ``modality``).
+
+  Call: ``x [B, L, D]``, ``train``, ``modality`` (int ``[B, L]``, with ``capacity``),
+  ``check_fraction`` (causal routing: whether ``fraction`` of ``L`` must round to >= 1 token, as
+  in training; False when decoding a few tokens at a time). Returns
+  ``(route, scores, aux_logits [B, L])``:
     train=True: ``route`` = indices int ``[B, k]``, ``scores [B, k]`` (``mod_select``; feed
       ``apply_mod``); the auxiliary targets are ``selection_mask(route, L)``.
     train=False: ``route`` = bool ``[B, L]`` (``causal_route`` of the aux logits), ``scores [B, L]``
       (the main router's sigmoid per token; feed ``apply_mod_causal``).
   """
   fraction: float
+  capacity: Optional[tuple[int, ...]] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool):
+  def __call__(self, x: jax.Array, *, train: bool, modality: Optional[jax.Array] = None,
+               check_fraction: bool = True):
     kernel = _param(self, 'kernel', (x.shape[-1],), ('embed',), 0, ())
     aux_logits = AuxRouter(name='aux_router')(jax.lax.stop_gradient(x))  # [B, L]
     if train:
-      index, scores = mod_select(x, kernel, self.fraction)
+      by_modality = self.capacity is not None
+      if by_modality and modality is None:
+        raise ValueError(f'{self.name}: per-modality selection (capacity={self.capacity}) needs '
+                         f'the modality ids')
+      index, scores = mod_select(x, kernel, self.fraction, modality if by_modality else None,
+                                 self.capacity)
       return index, scores, aux_logits
-    mod_capacity(x.shape[1], self.fraction)  # same checks in both modes
+    if check_fraction:
+      mod_capacity(x.shape[1], self.fraction)  # same checks in both modes
     x, kernel = nn.dtypes.promote_dtype(x, kernel)
     scores = jax.nn.sigmoid(jnp.einsum('bld,d->bl', x, kernel).astype(jnp.float32))
     return causal_route(aux_logits), scores, aux_logits
@@ -361,6 +419,148 @@ def apply_mod_causal(layer_fn: LayerFn, x: jax.Array, selected: jax.Array, score
   positions = start + jnp.broadcast_to(jnp.arange(x.shape[1]), selected.shape)
   out = layer_fn(x, positions, selected)
   return jnp.where(selected[..., None], x + scores[..., None].astype(x.dtype) * (out - x), x)
+
+
+# ---- the MoMa decoder layer ----
+
+
+@struct.dataclass
+class LayerInputs:
+  """What every layer of a ``MoMaBlock`` stack shares in one call (``nn.scan`` broadcasts it).
+
+  modality: int ``[B, T]`` modality ids. start: int32 scalar, the position of token 0.
+  ffn_routing: the MoE FFN's ``Routing`` over the ``T`` tokens (``grouped_routing`` for expert
+    choice, ``grouped_routing`` or ``select_routing`` for causal routing); None for a dense or a
+    modality-blind FFN. expert_choice: static; True routes by expert choice / MoD top-k
+    (training, non-causal), False by the auxiliary routers (causal; decoding).
+  """
+  modality: jax.Array
+  start: jax.Array
+  ffn_routing: Optional[Routing] = None
+  expert_choice: bool = struct.field(pytree_node=False, default=True)
+
+
+class MoMaBlock(DecoderBlock):
+  """A decoder layer with shared attention and a dense or MoMa FFN, optionally under MoD.
+
+  The attention sub-layer, its norms and the norm placement are ``DecoderBlock``'s with shared
+  weights (``num_modalities`` must be None): ``H = X + Norm_attn(Attn(X))``,
+  ``Y = H + Norm_ffn(FFN(H))`` where ``FFN`` is a ``SwiGLU`` (``ffn_kind='dense'``) or an
+  ``ExpertChoiceFFN`` (``'moe'``, submodule ``ffn``). Parameter names are the dense block's
+  (``query``, ``key``, ``value``, ``out``, ``attn_norm``, ``ffn``, ``ffn_norm``), plus
+  ``mod_router`` (``MoDRouter``) when ``mod_fraction > 0``.
+
+  Mixture-of-depths (``mod_fraction > 0``): with ``expert_choice`` the router picks each row's top
+  ``floor(mod_fraction * T)`` tokens (per modality when the FFN is modality-aware:
+  ``mod_select`` with ``modality_capacity``, so the experts still see static group sizes); the
+  whole layer (attention among the chosen tokens at their original positions, FFN) runs on them
+  and ``apply_mod`` mixes ``x + s * (layer(x) - x)``; the others pass unchanged. Causal routing
+  runs the layer on every token with the unchosen ones masked as keys (``apply_mod_causal``);
+  with a KV cache the cache's ``'valid'`` entry remembers which keys were chosen.
+
+  Auxiliary-router terms: with ``expert_choice`` every router's BCE against the main router's
+  choices (``aux_router_loss``; gradients reach only the ``aux_router`` parameters) is sown as
+  ``intermediates/.../aux_router_loss`` and its agreement (``causal_route == target``) as
+  ``aux_router_accuracy``: one scalar per expert group, one per MoD router.
+
+  Attributes (beyond ``DecoderBlock``'s):
+    ffn_kind: 'dense' or 'moe'. experts_per_group, capacity_factor, modality_blind: the
+      ``ExpertChoiceFFN``'s. mod_fraction: 0 (a plain layer) or the MoD fraction in ``(0, 1]``.
+    modality_capacity: the per-row modality counts (modality-aware MoD selection).
+
+  Call: ``x [B, T, D]``, ``inputs`` (``LayerInputs``), ``cache`` (as ``DecoderBlock``; causal
+  routing only under MoD) -> ``(y [B, T, D], cache)``.
+  """
+  ffn_kind: str = 'dense'
+  experts_per_group: tuple[int, ...] = ()
+  capacity_factor: float = 1.0
+  modality_blind: bool = False
+  mod_fraction: float = 0.0
+  modality_capacity: Optional[tuple[int, ...]] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, inputs: LayerInputs,  # pytype: disable=signature-mismatch
+               cache: Optional[dict[str, jax.Array]] = None):
+    if self.num_modalities is not None:
+      raise ValueError(f'{self.name}: MoMaBlock shares attention and norms (num_modalities=None), '
+                       f'got num_modalities={self.num_modalities}')
+    start, expert_choice = inputs.start, inputs.expert_choice
+    if not self.mod_fraction:
+      y, cache = self.layer(x, inputs.ffn_routing, start, cache, None, None, expert_choice)
+      return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), cache
+    aware = self.ffn_kind == 'moe' and not self.modality_blind
+    router = MoDRouter(self.mod_fraction, self.modality_capacity if aware else None,
+                       name='mod_router')
+    if expert_choice:
+      if cache is not None:
+        raise ValueError(f'{self.name}: expert-choice MoD cannot decode with a cache; decoding '
+                         f'routes causally')
+      if aware and self.modality_capacity is None:
+        raise ValueError(f'{self.name}: expert-choice MoD before a modality-aware MoE FFN needs '
+                         f'modality_capacity (per-modality selection)')
+      index, scores, aux_logits = router(x, train=True, modality=inputs.modality)
+      ffn_routing = None
+      if aware:  # the chosen tokens' static per-modality counts
+        chosen = jnp.take_along_axis(inputs.modality, index, axis=-1)  # [B, k]
+        ffn_routing = grouped_routing(
+            chosen, mod_modality_counts(self.modality_capacity, self.mod_fraction))
+      # apply_mod's valid is all True (only the chosen tokens are there): no key mask needed.
+      layer_fn = lambda h, pos, valid: self.layer(h, ffn_routing, start, None, pos, None,
+                                                  True)[0]
+      y = apply_mod(layer_fn, x, index, scores, start)
+      self._sow_aux(aux_logits, selection_mask(index, x.shape[1]))
+      return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), None
+    selected, scores, _ = router(x, train=False, check_fraction=cache is None)
+    out = {}
+
+    def layer_fn(h, pos, valid):  # with a cache, pos is start + arange: the 1-D path
+      y, out['cache'] = self.layer(h, inputs.ffn_routing, start, cache,
+                                   None if cache is not None else pos, valid, False)
+      return y
+
+    y = apply_mod_causal(layer_fn, x, selected, scores, start)
+    return nn.with_logical_constraint(y, ('batch', 'length', 'embed')), out['cache']
+
+  def layer(self, x, ffn_routing, start, cache, positions, valid, expert_choice: bool):
+    """The layer on ``x [B, T, D]`` (every token of it): attention, then the FFN."""
+    (h,), cache = self.attention(x, shared_routing(), start, cache, positions, valid)
+    if self.ffn_kind == 'dense':
+      f = SwiGLU(self.mlp_dim, None, self.dtype, name='ffn')(h)
+    elif self.ffn_kind == 'moe':
+      f, aux = ExpertChoiceFFN(self.experts_per_group, self.mlp_dim, self.capacity_factor,
+                               self.modality_blind, self.dtype, name='ffn')(
+                                   h, ffn_routing, train=expert_choice)
+      if expert_choice:
+        for logits, targets in zip(aux['aux_logits'], aux['selected']):
+          self._sow_aux(logits, targets)
+    else:
+      raise ValueError(f"{self.name}: ffn_kind={self.ffn_kind!r} is not 'dense' or 'moe'")
+    return h + RMSNorm(None, dtype=self.dtype, name='ffn_norm')(f), cache
+
+  def _sow_aux(self, logits: jax.Array, targets: jax.Array) -> None:
+    self.sow('intermediates', 'aux_router_loss', aux_router_loss(logits, targets))
+    self.sow('intermediates', 'aux_router_accuracy',
+             jnp.mean((causal_route(logits) == targets).astype(jnp.float32)))
+
+
+def aux_router_terms(intermediates: Any) -> dict[str, jax.Array]:
+  """The auxiliary-router objective from what ``MoMaBlock`` sowed in an expert-choice forward.
+
+  ``intermediates``: the ``'intermediates'`` collection of ``apply(..., mutable=
+  ['intermediates'])`` (any nesting; a scanned stack's terms carry a leading layer axis).
+
+  Returns ``{'loss': the sum over every auxiliary router of its mean BCE, 'accuracy': the mean
+  agreement over routers, 'routers': how many}`` (loss 0 and accuracy 1 when there are none).
+  """
+  found = {'aux_router_loss': [], 'aux_router_accuracy': []}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    names = [getattr(k, 'key', None) for k in path]
+    for key, values in found.items():
+      if key in names:
+        values.append(jnp.ravel(leaf))
+  losses = jnp.concatenate(found['aux_router_loss'] or [jnp.zeros((0,))])
+  accuracy = jnp.concatenate(found['aux_router_accuracy'] or [jnp.ones((1,))])
+  return {'loss': jnp.sum(losses), 'accuracy': jnp.mean(accuracy), 'routers': losses.shape[0]}
 
 
 # ---- cost ----

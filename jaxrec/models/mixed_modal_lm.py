@@ -25,6 +25,30 @@ Generation: ``init_cache`` / ``decode`` (prefill = ``decode`` of the prompt at p
 one token per call) and ``generate`` (prefill, then a ``jax.lax.scan`` of sampled steps).
 ``mixed_modal_lm_flops``: analytic forward matmul FLOPs.
 
+MoMa (Lin et al. 2024, arXiv:2407.21770; layers in ``jaxrec.layers.moe``): ``ffn='moe'`` makes
+every layer's FFN an ``ExpertChoiceFFN`` (``experts_per_group`` experts per modality, expert
+choice over the batch's tokens of each modality; ``modality_blind=True`` with one group is the
+mixed-modal MoE) while attention and norms stay shared (``untie='none'``). ``mod_fraction > 0``
+adds mixture-of-depths on the last of every ``mod_every`` layers (``1, 3, 5, ...`` for the
+default 2, as the paper alternates MoD and full layers; ``is_mod_layer``): each row's top
+fraction of tokens (per modality with a modality-aware MoE, so the expert groups keep static
+sizes) runs through the layer, the rest skip it. Layers are ``MoMaBlock``s; scanned, a step is
+one block, or with MoD a ``_MoMaGroup`` of ``mod_every`` blocks (the last one MoD). Dense and MoT
+models keep ``DecoderBlock`` and their parameters unchanged.
+
+Routing modes (``routing_mode``, a field so a run can be evaluated either way): 'expert_choice'
+(training; non-causal: a token's route depends on later tokens) or 'causal' (each token routed on
+its own by the auxiliary routers at 0.5: every expert of the group runs on every token and the
+unchosen contributions are masked, MoD layers mask the unchosen tokens as keys). ``decode`` /
+``generate`` always route causally. The auxiliary routers are trained post hoc from what an
+expert-choice forward sows into the ``'intermediates'`` collection (``__call__`` still returns
+logits only)::
+
+  logits, state = model.apply(variables, tokens, modality, train=True, mutable=['intermediates'])
+  loss = aux_router_terms(state['intermediates'])['loss']  # grads reach only 'aux_router' params
+
+``upcycle_params`` builds a MoMa model's parameters from a trained dense model's.
+
 Example::
 
   model = MixedModalLM(vocab_size=512, num_layers=2, embed_dim=64, num_heads=4, head_dim=16,
@@ -45,11 +69,17 @@ import numpy as np
 
 from jaxrec.layers.decoder import (DecoderBlock, RMSNorm, grouped_routing, select_routing,
                                    shared_routing)
-from jaxrec.layers.transformer import REMAT_POLICIES, check_remat_policy
+from jaxrec.layers.moe import (LayerInputs, MoMaBlock, aux_router_terms, mod_capacity,
+                               mod_modality_counts)
+from jaxrec.layers.transformer import check_remat_policy, wrap_block
 
 PyTree = Any
 Cache = dict[str, jax.Array]
 UNTIE = ('none', 'mot')
+FFN = ('dense', 'moe')
+ROUTING_MODES = ('expert_choice', 'causal')
+__all__ = ['MixedModalLM', 'DecoderLM', 'aux_router_terms', 'check_modality_counts', 'generate',
+           'mixed_modal_lm_flops', 'mixed_modal_lm_flops_breakdown', 'upcycle_params']
 
 
 def check_modality_counts(modality: np.ndarray, capacity: Sequence[int]) -> None:
@@ -75,6 +105,27 @@ class _ScanBlock(DecoderBlock):
   """``DecoderBlock`` whose ``(y, cache)`` output is scan's ``(carry, per-layer output)``."""
 
 
+class _MoMaGroup(nn.Module):
+  """``size`` consecutive ``MoMaBlock``s (``layer0 .. layer{size-1}``); the last one is MoD.
+
+  The unit a MoD model scans (``num_layers / size`` times), so that every scan step runs the same
+  computation. Call: ``(x [B, T, D], LayerInputs, cache)`` with each cache leaf ``[size, ...]``.
+  """
+  block_kwargs: tuple[tuple[str, Any], ...]
+  size: int
+  mod_fraction: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, inputs: LayerInputs, cache: Optional[Cache] = None):
+    caches = []
+    for j in range(self.size):
+      block = MoMaBlock(**dict(self.block_kwargs), name=f'layer{j}',
+                        mod_fraction=self.mod_fraction if j == self.size - 1 else 0.0)
+      x, c = block(x, inputs, None if cache is None else jax.tree.map(lambda a, j=j: a[j], cache))
+      caches.append(c)
+    return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches))
+
+
 class MixedModalLM(nn.Module):
   """Decoder-only LM, dense (``untie='none'``) or Mixture-of-Transformers (``untie='mot'``).
 
@@ -93,10 +144,20 @@ class MixedModalLM(nn.Module):
     remat_policy: a key of ``jaxrec.layers.transformer.REMAT_POLICIES``.
     layer_param_fn: optional map of each block's parameters before use (inside the scan and the
       remat region), e.g. an FSDP all-gather (see ``jaxrec.layers.transformer.TransformerStack``).
+    ffn: 'dense' (SwiGLU) or 'moe' (MoMa's ``ExpertChoiceFFN`` in every layer; ``untie='none'``
+      only). experts_per_group: 'moe': experts per modality group (``num_modalities`` entries,
+      e.g. ``(2, 2)``; one entry with ``modality_blind``). capacity_factor: expert capacity
+      ``floor(N_g / E_g * capacity_factor)``. modality_blind: one group over every token.
+      A modality-aware MoE trains by expert choice over static groups: ``modality_capacity``.
+    mod_fraction: 0 (off) or the mixture-of-depths fraction in ``(0, 1]``; mod_every: every
+      ``mod_every``-th layer is MoD (``is_mod_layer``; ``num_layers`` must be a multiple).
+    routing_mode: 'expert_choice' or 'causal' (auxiliary routers; see the module docstring).
 
   Call:
     inputs: int ``[B, L]`` tokens; modality: int ``[B, L]`` modality ids; train: unused (no
-    dropout), kept for the trainer's interface.
+    dropout; MoMa routes by ``routing_mode``), kept for the trainer's interface. With
+    ``mutable=['intermediates']`` an expert-choice MoMa forward also sows each auxiliary
+    router's ``aux_router_loss`` / ``aux_router_accuracy`` (``aux_router_terms`` sums them).
 
   Returns:
     logits ``float32 [B, L, V]``; position ``t`` predicts token ``t + 1``.
@@ -116,6 +177,13 @@ class MixedModalLM(nn.Module):
   scan_layers: bool = True
   remat_policy: str = 'none'
   layer_param_fn: Optional[Callable[[PyTree], PyTree]] = None
+  ffn: str = 'dense'
+  experts_per_group: tuple[int, ...] = ()
+  capacity_factor: float = 1.0
+  modality_blind: bool = False
+  mod_fraction: float = 0.0
+  mod_every: int = 2
+  routing_mode: str = 'expert_choice'
 
   def __post_init__(self):
     name = type(self).__name__
@@ -137,7 +205,62 @@ class MixedModalLM(nn.Module):
         raise ValueError(f'{name}: modality_capacity {cap} must be non-negative ints')
       object.__setattr__(self, 'modality_capacity', tuple(int(c) for c in cap))
     check_remat_policy(self.remat_policy, f'{name} remat_policy')
+    self._check_moma(name)
     super().__post_init__()
+
+  def _check_moma(self, name: str) -> None:
+    """Validates (and normalises) the MoMa fields: ffn, experts, MoD, routing mode."""
+    if self.ffn not in FFN:
+      raise ValueError(f'{name}: ffn={self.ffn!r} is not one of {FFN}')
+    if self.routing_mode not in ROUTING_MODES:
+      raise ValueError(f'{name}: routing_mode={self.routing_mode!r} is not one of '
+                       f'{ROUTING_MODES}')
+    experts = tuple(self.experts_per_group)
+    if self.ffn == 'moe':
+      if self.untie != 'none':
+        raise ValueError(f"{name}: ffn='moe' with untie={self.untie!r} is not supported: MoMa "
+                         f"shares attention and norms (untie='none') and makes only the FFNs "
+                         f"sparse")
+      if any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 1
+             for e in experts) or not experts:
+        raise ValueError(f"{name}: ffn='moe' needs experts_per_group of positive ints, got "
+                         f"{experts}")
+      groups = 1 if self.modality_blind else self.num_modalities
+      if len(experts) != groups:
+        raise ValueError(
+            f'{name}: experts_per_group {experts} has {len(experts)} entries, expected '
+            + ('1 (modality_blind: one group over every token)' if self.modality_blind else
+               f'one per modality (num_modalities is {self.num_modalities})'))
+      if not self.capacity_factor > 0:
+        raise ValueError(f'{name}: capacity_factor must be > 0, got {self.capacity_factor}')
+    elif experts or self.modality_blind:
+      raise ValueError(f"{name}: experts_per_group={experts} / modality_blind="
+                       f"{self.modality_blind} need ffn='moe', got ffn={self.ffn!r}")
+    object.__setattr__(self, 'experts_per_group', tuple(int(e) for e in experts))
+    fraction = self.mod_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not (
+        fraction == 0 or 0 < fraction <= 1):
+      raise ValueError(f'{name}: mod_fraction must be 0 (off) or in (0, 1], got {fraction!r}')
+    if fraction:
+      if self.untie != 'none':
+        raise ValueError(f"{name}: mixture-of-depths (mod_fraction={fraction}) with untie="
+                         f"{self.untie!r} is not supported; use untie='none'")
+      every = self.mod_every
+      if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise ValueError(f'{name}: mod_every must be a positive int, got {every!r}')
+      if self.num_layers % every:
+        raise ValueError(f'{name}: num_layers {self.num_layers} is not a multiple of mod_every '
+                         f'{every} (every {every}-th layer is a MoD layer)')
+
+  @property
+  def _moma(self) -> bool:
+    """Whether the layers are ``MoMaBlock``s (a MoE FFN or MoD), not ``DecoderBlock``s."""
+    return self.ffn == 'moe' or self.mod_fraction > 0
+
+  def is_mod_layer(self, i: int) -> bool:
+    """Whether layer ``i`` (0-based) is a mixture-of-depths layer: the last of every
+    ``mod_every`` consecutive layers (``1, 3, 5, ...`` for ``mod_every=2``)."""
+    return bool(self.mod_fraction) and i % self.mod_every == self.mod_every - 1
 
   @property
   def _copies(self) -> Optional[int]:
@@ -149,36 +272,75 @@ class MixedModalLM(nn.Module):
         'embedding', nn.with_logical_partitioning(nn.initializers.normal(d ** -0.5),
                                                   ('vocab', 'embed')),
         (self.vocab_size, d), jnp.float32)
-    block = _ScanBlock if self.scan_layers else DecoderBlock
-    if self.layer_param_fn is not None and not self.is_initializing():
-      block = nn.map_variables(block, 'params', trans_in_fn=self.layer_param_fn)
-    if self.remat_policy != 'none':
-      block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy],
-                       prevent_cse=not self.scan_layers)
-    kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
-                  num_modalities=self._copies, rope_base=self.rope_base, dtype=self.dtype)
-    if self.scan_layers:
-      self.layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                            in_axes=(nn.broadcast, nn.broadcast, 0), length=self.num_layers,
-                            metadata_params={nn.PARTITION_NAME: 'layers'})(**kwargs)
+    if self._moma:
+      self._setup_moma()
     else:
-      self.layers = [block(**kwargs) for _ in range(self.num_layers)]
+      block = _ScanBlock if self.scan_layers else DecoderBlock
+      block = self._wrap(block)
+      kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+                    num_modalities=self._copies, rope_base=self.rope_base, dtype=self.dtype)
+      if self.scan_layers:
+        self.layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                              in_axes=(nn.broadcast, nn.broadcast, 0), length=self.num_layers,
+                              metadata_params={nn.PARTITION_NAME: 'layers'})(**kwargs)
+      else:
+        self.layers = [block(**kwargs) for _ in range(self.num_layers)]
     self.final_norm = RMSNorm(self._copies, dtype=self.dtype)
+
+  def _wrap(self, block):
+    """The layer-parameter hook and remat around a layer class (``transformer.wrap_block``)."""
+    return wrap_block(block, self.layer_param_fn, self.remat_policy, self.scan_layers,
+                      self.is_initializing())
+
+  def _setup_moma(self):
+    """``MoMaBlock`` layers. Scanned: one ``MoMaBlock`` per step without MoD; with MoD a
+    ``_MoMaGroup`` of ``mod_every`` layers per step (``num_layers / mod_every`` steps), its last
+    layer MoD, so every step runs the same computation. Unrolled: ``layers_i`` (MoD when
+    ``is_mod_layer(i)``). Sown auxiliary terms are stacked along the scan like the parameters."""
+    kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+                  rope_base=self.rope_base, dtype=self.dtype, ffn_kind=self.ffn,
+                  experts_per_group=self.experts_per_group,
+                  capacity_factor=self.capacity_factor, modality_blind=self.modality_blind,
+                  modality_capacity=self.modality_capacity)
+    if not self.scan_layers:
+      block = self._wrap(MoMaBlock)
+      self.layers = [block(**kwargs, mod_fraction=self.mod_fraction if self.is_mod_layer(i)
+                           else 0.0) for i in range(self.num_layers)]
+      return
+    size = self.mod_every if self.mod_fraction else 1
+    if size == 1:
+      unit_cls, unit_kwargs = self._wrap(MoMaBlock), dict(kwargs, mod_fraction=self.mod_fraction)
+    else:
+      unit_cls = self._wrap(_MoMaGroup)
+      unit_kwargs = dict(block_kwargs=tuple(sorted(kwargs.items())), size=size,
+                         mod_fraction=self.mod_fraction)
+    self.layers = nn.scan(unit_cls, variable_axes={'params': 0, 'intermediates': 0},
+                          split_rngs={'params': True}, in_axes=(nn.broadcast, 0),
+                          length=self.num_layers // size,
+                          metadata_params={nn.PARTITION_NAME: 'layers'})(**unit_kwargs)
 
   def _check_tokens(self, inputs: jax.Array, modality: jax.Array, where: str) -> None:
     if inputs.ndim != 2 or modality.shape != inputs.shape:
       raise ValueError(f'{type(self).__name__}.{where}: inputs {inputs.shape} and modality '
                        f'{modality.shape} must both be [batch, length]')
 
-  def _forward(self, inputs, routing, start, cache: Optional[Cache]):
+  def _forward(self, inputs, routing, start, cache: Optional[Cache],
+               layer_inputs: Optional[LayerInputs] = None):
+    """Embedding, the layers (``MoMaBlock`` layers take ``layer_inputs``), final norm, head."""
     x = jnp.take(self.embedding, inputs, axis=0).astype(self.dtype or jnp.float32)  # [B, T, D]
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    args = (routing, start) if layer_inputs is None else (layer_inputs,)
     if self.scan_layers:
-      x, cache = self.layers(x, routing, start, cache)
+      size = self.mod_every if self.mod_fraction else 1  # layers per scan step
+      if cache is not None and size > 1:
+        cache = jax.tree.map(lambda a: a.reshape((-1, size) + a.shape[1:]), cache)
+      x, cache = self.layers(x, *args, cache)
+      if cache is not None and size > 1:
+        cache = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), cache)
     else:
       new = []
       for i, layer in enumerate(self.layers):
-        x, c = layer(x, routing, start, None if cache is None else
+        x, c = layer(x, *args, None if cache is None else
                      jax.tree.map(lambda a, i=i: a[i], cache))
         new.append(c)
       cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new)
@@ -187,22 +349,43 @@ class MixedModalLM(nn.Module):
     logits = jnp.einsum('btd,vd->btv', x, self.embedding.astype(x.dtype))
     return logits.astype(jnp.float32), cache
 
+  def _ffn_routing(self, modality: jax.Array, expert_choice: bool, decoding: bool):
+    """The MoE FFN's routing over a call's tokens (None: dense or modality-blind FFN)."""
+    if self.ffn != 'moe' or self.modality_blind:
+      return None
+    if decoding:
+      return select_routing(modality, self.num_modalities)
+    if self.modality_capacity is None:
+      if expert_choice:
+        raise ValueError(f"{type(self).__name__}: ffn='moe' with routing_mode='expert_choice' "
+                         f"needs modality_capacity (expert choice over static per-modality "
+                         f"groups)")
+      return select_routing(modality, self.num_modalities)
+    return grouped_routing(modality, self.modality_capacity)
+
   def __call__(self, inputs: jax.Array, modality: jax.Array, *, train: bool) -> jax.Array:
-    del train  # no dropout
+    del train  # no dropout; MoMa routing follows routing_mode, not train
     self._check_tokens(inputs, modality, '__call__')
     length = inputs.shape[1]
     if length > self.max_len:
       raise ValueError(f'{type(self).__name__}: sequence length {length} exceeds max_len '
                        f'{self.max_len}')
+    if self.modality_capacity is not None and (self.untie == 'mot' or self._moma) and sum(
+        self.modality_capacity) != length:
+      raise ValueError(f'{type(self).__name__}: modality_capacity {self.modality_capacity} '
+                       f'sums to {sum(self.modality_capacity)}, not the sequence length '
+                       f'{length}')
+    if self._moma:
+      expert_choice = self.routing_mode == 'expert_choice'
+      inputs_ = LayerInputs(modality=modality, start=jnp.int32(0),
+                            ffn_routing=self._ffn_routing(modality, expert_choice, False),
+                            expert_choice=expert_choice)
+      return self._forward(inputs, shared_routing(), jnp.int32(0), None, inputs_)[0]
     if self.untie == 'none':
       routing = shared_routing()
     elif self.modality_capacity is None:
       routing = select_routing(modality, self.num_modalities)
     else:
-      if sum(self.modality_capacity) != length:
-        raise ValueError(f'{type(self).__name__}: modality_capacity {self.modality_capacity} '
-                         f'sums to {sum(self.modality_capacity)}, not the sequence length '
-                         f'{length}')
       routing = grouped_routing(modality, self.modality_capacity)
     return self._forward(inputs, routing, jnp.int32(0), None)[0]
 
@@ -212,7 +395,9 @@ class MixedModalLM(nn.Module):
 
     Prefill is ``decode(prompt, prompt_modality, 0, init_cache(...))``; a decode step passes one
     token (``T = 1``). MoT selects each token's weights per modality (every modality's weights
-    run on every new token; no capacity needed).
+    run on every new token; no capacity needed). MoMa / MoD always route causally here (the
+    auxiliary routers, token by token; whatever ``routing_mode`` says), so a decode equals the
+    full forward with ``routing_mode='causal'``.
 
     Args:
       tokens, modality: int ``[B, T]``.
@@ -228,19 +413,28 @@ class MixedModalLM(nn.Module):
                                   and position + tokens.shape[1] > size):
       raise ValueError(f'{type(self).__name__}.decode: {tokens.shape[1]} tokens at position '
                        f'{position} do not fit the cache of length {size}')
+    start = jnp.asarray(position, jnp.int32)
+    if self._moma:
+      inputs_ = LayerInputs(modality=modality, start=start,
+                            ffn_routing=self._ffn_routing(modality, False, True),
+                            expert_choice=False)
+      return self._forward(tokens, shared_routing(), start, cache, inputs_)
     routing = (shared_routing() if self.untie == 'none'
                else select_routing(modality, self.num_modalities))
-    return self._forward(tokens, routing, jnp.asarray(position, jnp.int32), cache)
+    return self._forward(tokens, routing, start, cache)
 
   def init_cache(self, batch: int, max_len: Optional[int] = None) -> Cache:
     """An empty KV cache: ``{'key', 'value'}`` each ``[num_layers, batch, max_len, H, K]``
-    (``max_len`` defaults to the model's), in the computation dtype."""
+    (``max_len`` defaults to the model's), in the computation dtype; with mixture-of-depths also
+    ``'valid'`` bool ``[num_layers, batch, max_len]`` (which cached keys a MoD layer chose)."""
     size = self.max_len if max_len is None else max_len
     if size > self.max_len:
       raise ValueError(f'{type(self).__name__}.init_cache: cache length {size} exceeds max_len '
                        f'{self.max_len}')
     shape = (self.num_layers, batch, size, self.num_heads, self.head_dim)
     zeros = jnp.zeros(shape, self.dtype or jnp.float32)
+    if self.mod_fraction:
+      return {'key': zeros, 'value': zeros, 'valid': jnp.zeros(shape[:3], bool)}
     return {'key': zeros, 'value': zeros}
 
 
@@ -254,7 +448,9 @@ class DecoderLM(nn.Module):
   Attributes:
     schema: a ``jaxrec.data.schema.SequenceSchema``.
     num_layers, embed_dim, num_heads, head_dim, mlp_dim, untie, rope_base, dtype, scan_layers,
-      remat_policy, layer_param_fn: as ``MixedModalLM``.
+      remat_policy, layer_param_fn, ffn, experts_per_group, capacity_factor, modality_blind,
+      mod_fraction, mod_every, routing_mode: as ``MixedModalLM``. A modality-aware MoE FFN
+      (``ffn='moe'``, not ``modality_blind``) also takes the schema's modality counts.
 
   Call:
     features: ``{'inputs': int [B, L], 'modality': int [B, L]}``; train: unused.
@@ -274,20 +470,31 @@ class DecoderLM(nn.Module):
   scan_layers: bool = True
   remat_policy: str = 'none'
   layer_param_fn: Optional[Callable[[PyTree], PyTree]] = None
+  ffn: str = 'dense'
+  experts_per_group: tuple[int, ...] = ()
+  capacity_factor: float = 1.0
+  modality_blind: bool = False
+  mod_fraction: float = 0.0
+  mod_every: int = 2
+  routing_mode: str = 'expert_choice'
 
   def lm(self, **kwargs) -> MixedModalLM:
     """The underlying ``MixedModalLM`` (unbound unless ``kwargs`` give a parent; its parameters
     are this module's ``lm``)."""
     s = self.schema
     kwargs.setdefault('parent', None)
+    grouped = self.untie == 'mot' or (self.ffn == 'moe' and not self.modality_blind)
     return MixedModalLM(
         vocab_size=s.vocab_size, num_layers=self.num_layers, embed_dim=self.embed_dim,
         num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
         num_modalities=s.num_modalities, untie=self.untie,
-        modality_capacity=tuple(s.modality_counts) if self.untie == 'mot' else None,
+        modality_capacity=tuple(s.modality_counts) if grouped else None,
         max_len=s.seq_len, rope_base=self.rope_base, dtype=self.dtype,
         scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-        layer_param_fn=self.layer_param_fn, **kwargs)
+        layer_param_fn=self.layer_param_fn, ffn=self.ffn,
+        experts_per_group=tuple(self.experts_per_group), capacity_factor=self.capacity_factor,
+        modality_blind=self.modality_blind, mod_fraction=self.mod_fraction,
+        mod_every=self.mod_every, routing_mode=self.routing_mode, **kwargs)
 
   @nn.compact
   def __call__(self, features: dict, train: bool) -> jax.Array:
@@ -360,20 +567,134 @@ def mixed_modal_lm_flops_breakdown(model: MixedModalLM, length: int) -> dict[str
   token goes through one modality's weights); MoT with ``modality_capacity=None`` compiles to
   ``M`` times the projection and FFN matmuls (every modality on every token) and is NOT what this
   counts.
+
+  MoMa models, as trained (``routing_mode='expert_choice'``): a MoE FFN's experts process
+  ``capacity_factor`` times the group's tokens (``E_g C_g`` token passes with
+  ``C_g = N_g / E_g * capacity_factor``, taken here per sequence without the batch's flooring,
+  capped at ``E_g N_g``); a MoD layer runs attention and FFN on its ``k`` chosen tokens only
+  (``k x k`` attention). ``'router'``: the expert routers ``2 N_g D E_g`` and the MoD routers
+  ``2 L D``. The auxiliary routers (dead code in training; the causal mode runs every expert on
+  every token of its group) are not counted.
   """
   n, d, h, k, f = length, model.embed_dim, model.num_heads, model.head_dim, model.mlp_dim
-  per_layer = {
-      'qkv': 3 * 2 * n * d * h * k,
-      'attention_scores': 2 * n * n * h * k,
-      'attention_values': 2 * n * n * h * k,
-      'attention_out': 2 * n * h * k * d,
-      'ffn': 3 * 2 * n * d * f,
-  }
-  out = {key: model.num_layers * value for key, value in per_layer.items()}
+  moe = model.ffn == 'moe'
+  aware = moe and not model.modality_blind
+  if aware and model.modality_capacity is None:
+    raise ValueError("mixed_modal_lm_flops: ffn='moe' counts need modality_capacity")
+  out = dict.fromkeys(('qkv', 'attention_scores', 'attention_values', 'attention_out', 'ffn'),
+                      0.0)
+  if model.ffn == 'moe' or model.mod_fraction:
+    out['router'] = 0.0
+  for i in range(model.num_layers):
+    counts = model.modality_capacity if aware else None  # per-modality tokens through the layer
+    t = n
+    if model.is_mod_layer(i):
+      out['router'] += 2 * n * d
+      if aware:
+        counts = mod_modality_counts(model.modality_capacity, model.mod_fraction)
+        t = sum(counts)
+      else:
+        t = mod_capacity(n, model.mod_fraction)
+    out['qkv'] += 3 * 2 * t * d * h * k
+    out['attention_scores'] += 2 * t * t * h * k
+    out['attention_values'] += 2 * t * t * h * k
+    out['attention_out'] += 2 * t * h * k * d
+    if not moe:
+      out['ffn'] += 3 * 2 * t * d * f
+      continue
+    for t_g, e in zip(counts if aware else (t,), model.experts_per_group):
+      out['ffn'] += 3 * 2 * min(t_g * model.capacity_factor, e * t_g) * d * f
+      out['router'] += 2 * t_g * d * e
   out['head'] = 2 * n * d * model.vocab_size
-  return out
+  return {key: int(round(value)) for key, value in out.items()}
 
 
 def mixed_modal_lm_flops(model: MixedModalLM, length: int) -> int:
   """Forward matmul FLOPs of one sequence (see ``mixed_modal_lm_flops_breakdown``)."""
   return sum(mixed_modal_lm_flops_breakdown(model, length).values())
+
+
+# ---- upcycling a dense model into a MoMa model ----
+
+
+def _layer_params(model: MixedModalLM, params: PyTree) -> list[PyTree]:
+  """Layer ``i``'s parameters, for each ``i``, from a model's (unboxed) parameters."""
+  if not model.scan_layers:
+    return [params[f'layers_{i}'] for i in range(model.num_layers)]
+  size = model.mod_every if model.mod_fraction else 1
+  stacked = params['layers']
+  if size == 1:
+    return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(model.num_layers)]
+  return [jax.tree.map(lambda a, i=i: a[i // size], stacked[f'layer{i % size}'])
+          for i in range(model.num_layers)]
+
+
+def _with_layer_params(model: MixedModalLM, params: PyTree, layers: list[PyTree]) -> PyTree:
+  """``params`` with the layers replaced by ``layers`` (the inverse of ``_layer_params``)."""
+  params = dict(params)
+  for key in [key for key in params if key == 'layers' or key.startswith('layers_')]:
+    del params[key]
+  if not model.scan_layers:
+    params.update({f'layers_{i}': layer for i, layer in enumerate(layers)})
+    return params
+  size = model.mod_every if model.mod_fraction else 1
+  stack = lambda group: jax.tree.map(lambda *a: jnp.stack(a), *group)
+  if size == 1:
+    params['layers'] = stack(layers)
+  else:
+    params['layers'] = {f'layer{j}': stack(layers[j::size]) for j in range(size)}
+  return params
+
+
+def upcycle_params(dense: MixedModalLM, dense_params: PyTree, moma: MixedModalLM,
+                   moma_params: PyTree) -> PyTree:
+  """A MoMa model's parameters built from a trained dense model's (sparse upcycling).
+
+  The embedding, attention, norms and final norm are copied; every expert of every group gets
+  the dense layer's SwiGLU; the expert routers and the MoD routers are zeroed (every score
+  ``sigmoid(0) = 1/2``); the auxiliary routers keep ``moma_params``' values (they are trained
+  after the model). With zero routers the upcycled model is NOT the dense function in general
+  (each expert's output is weighted 1/2, ties go to the earliest tokens); it is exactly the
+  dense model when every group has 2 experts with ``capacity_factor=2`` and there is no MoD
+  (each token through both experts, ``1/2 + 1/2``).
+
+  Args:
+    dense: a dense ``MixedModalLM`` (``untie='none'``, ``ffn='dense'``, no MoD); dense_params:
+      its unboxed parameters (``nn.unbox(variables['params'])``).
+    moma: the ``ffn='moe'`` model, same sizes; moma_params: its unboxed (e.g. freshly
+      initialised) parameters, which give the auxiliary routers and the structure.
+
+  Returns:
+    ``moma``'s parameters.
+  """
+  if dense.ffn != 'dense' or dense.untie != 'none' or dense.mod_fraction:
+    raise ValueError("upcycle_params: the source must be dense (untie='none', ffn='dense', no "
+                     "MoD)")
+  if moma.ffn != 'moe':
+    raise ValueError(f"upcycle_params: the target needs ffn='moe', got {moma.ffn!r}")
+  for field in ('vocab_size', 'num_layers', 'embed_dim', 'num_heads', 'head_dim', 'mlp_dim'):
+    if getattr(dense, field) != getattr(moma, field):
+      raise ValueError(f'upcycle_params: {field} differs: dense {getattr(dense, field)}, MoMa '
+                       f'{getattr(moma, field)}')
+  layers = []
+  for src, dst in zip(_layer_params(dense, dense_params), _layer_params(moma, moma_params)):
+    layer = dict(dst)
+    for name in ('query', 'key', 'value', 'out', 'attn_norm', 'ffn_norm'):
+      layer[name] = src[name]
+    ffn = {}
+    for group_name, group in dst['ffn'].items():
+      experts = group['gate'].shape[0]
+      copy = lambda a, n=experts: jnp.broadcast_to(a, (n,) + a.shape)
+      ffn[group_name] = dict(group, gate=copy(src['ffn']['gate']['kernel']),
+                             up=copy(src['ffn']['up']['kernel']),
+                             down=copy(src['ffn']['down']['kernel']),
+                             router=jnp.zeros_like(group['router']))
+    layer['ffn'] = ffn
+    if 'mod_router' in dst:
+      layer['mod_router'] = dict(dst['mod_router'],
+                                 kernel=jnp.zeros_like(dst['mod_router']['kernel']))
+    layers.append(layer)
+  params = _with_layer_params(moma, moma_params, layers)
+  params['embedding'] = dense_params['embedding']
+  params['final_norm'] = dense_params['final_norm']
+  return params

@@ -84,6 +84,23 @@ def test_causal_attention_matches_numpy_and_ignores_future_cache_slots():
   np.testing.assert_allclose(cached, got, rtol=1e-6, atol=1e-6)
 
 
+def test_causal_attention_with_row_positions_and_a_key_mask_equals_gathering():
+  q, k, v = rand(B, T, H, K, seed=4), rand(B, T, H, K, seed=5), rand(B, T, H, K, seed=6)
+  keep = np.array([[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1]], bool)  # 4 valid tokens per row
+  pos = np.broadcast_to(np.arange(T), (B, T))
+  got = np.asarray(causal_attention(q, k, v, jnp.asarray(pos), jnp.asarray(pos), keep))
+  for b in range(B):  # the kept tokens alone, at their own positions (per-row q_pos / k_pos)
+    idx = np.nonzero(keep[b])[0]
+    p = jnp.asarray(np.stack([idx, idx]))
+    take = lambda a: jnp.asarray(np.stack([a[b, idx], a[b, idx]]))
+    want = causal_attention(take(q), take(k), take(v), p, p)[0]
+    np.testing.assert_allclose(got[b, idx], want, rtol=1e-5, atol=1e-6)
+  # Per-row positions that are all the same row give the 1-D result.
+  np.testing.assert_allclose(causal_attention(q, k, v, jnp.asarray(pos), jnp.asarray(pos)),
+                             causal_attention(q, k, v, jnp.arange(T), jnp.arange(T)), rtol=1e-6,
+                             atol=1e-7)
+
+
 def test_routing_round_trips():
   modality = jnp.array([[1, 0, 0, 1, 0, 1], [0, 0, 0, 1, 1, 1]])
   x = jnp.asarray(rand(2, 6, 3))

@@ -159,6 +159,25 @@ def test_mod_routes_a_fraction_and_leaves_the_rest_untouched():
   assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 1e-3
 
 
+def test_mod_select_by_modality_keeps_static_counts():
+  x = jnp.asarray(rand(B, L, D, seed=12))
+  kernel = jnp.asarray(rand(D, seed=13))
+  idx, scores = mod_select(x, kernel, 0.5, jnp.asarray(MODALITY), CAPACITY)
+  assert idx.shape == (B, 3)  # floor(0.5 * 4) text + floor(0.5 * 2) image tokens per row
+  s = sigmoid(np.asarray(x) @ np.asarray(kernel))
+  for b in range(B):
+    want = []
+    for m, k in enumerate((2, 1)):
+      members = np.nonzero(MODALITY[b] == m)[0]
+      want += list(members[np.argsort(-s[b, members], kind='stable')[:k]])
+    np.testing.assert_array_equal(idx[b], np.sort(want))
+  np.testing.assert_array_equal(np.bincount(MODALITY[np.arange(B)[:, None], idx].ravel()),
+                                [2 * B, B])
+  np.testing.assert_allclose(scores, np.take_along_axis(s, np.asarray(idx), 1), rtol=1e-6)
+  with pytest.raises(ValueError, match='fraction 0.3 of the 2 tokens of modality 1 rounds to 0'):
+    mod_select(x, kernel, 0.3, jnp.asarray(MODALITY), CAPACITY)
+
+
 def test_aux_router_and_its_bce_loss():
   x = rand(B, L, D, seed=6)
   router = AuxRouter(3)
