@@ -175,9 +175,9 @@ def random_plans(draw):
 
 
 # derandomize: the drawn examples are fixed for the hypothesis version pinned in constraints.txt.
-# Each example compiles two programs (about 3 s on 2 cores); 12 examples cover every type a few
-# times over within the suite's budget.
-@settings(max_examples=12, deadline=None, derandomize=True)
+# Each example compiles two programs (about 3 s on 2 cores); 8 examples cover the seven types
+# (with test_all_types_forward_and_gradients, which runs each type once) within the suite's budget.
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(random_plans(), st.integers(0, 2**31 - 1))
 def test_random_plans_match_unsharded(plan_and_tables, seed):
   tables, plan = plan_and_tables

@@ -100,12 +100,20 @@ def _params_of(workdir, kind='latest'):
   return out
 
 
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """The tiny config trained straight through (the reference of every killed run): (results,
+  its workdir)."""
+  workdir = tmp_path_factory.mktemp('straight')
+  return loop.train_and_evaluate(tiny_config(), str(workdir)), workdir
+
+
 @pytest.mark.parametrize('kill_after_batches', [7, 8, 13])
-def test_killed_run_resumes_on_the_same_trajectory(tmp_path, monkeypatch, kill_after_batches):
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, monkeypatch, kill_after_batches,
+                                                   straight_run):
   """A run killed mid-epoch (between checkpoints) and restarted ends bit-identical to one that ran
   through: same data order, same dropout keys, same plateau decisions."""
-  straight = tmp_path / 'straight'
-  want = loop.train_and_evaluate(tiny_config(), str(straight))
+  want, straight = straight_run
 
   killed = tmp_path / 'killed'
   real_load = loop.load_data
