@@ -60,6 +60,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -484,17 +485,14 @@ class DecoderLM(nn.Module):
     s = self.schema
     kwargs.setdefault('parent', None)
     grouped = self.untie == 'mot' or (self.ffn == 'moe' and not self.modality_blind)
+    # Every field but the schema is MixedModalLM's field of the same name; the schema gives the
+    # vocabulary, the context and (for grouped routing) the per-modality counts.
+    own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+           if f.init and f.name not in ('schema', 'parent', 'name')}
+    own['experts_per_group'] = tuple(own['experts_per_group'])
     return MixedModalLM(
-        vocab_size=s.vocab_size, num_layers=self.num_layers, embed_dim=self.embed_dim,
-        num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
-        num_modalities=s.num_modalities, untie=self.untie,
-        modality_capacity=tuple(s.modality_counts) if grouped else None,
-        max_len=s.seq_len, rope_base=self.rope_base, dtype=self.dtype,
-        scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-        layer_param_fn=self.layer_param_fn, ffn=self.ffn,
-        experts_per_group=tuple(self.experts_per_group), capacity_factor=self.capacity_factor,
-        modality_blind=self.modality_blind, mod_fraction=self.mod_fraction,
-        mod_every=self.mod_every, routing_mode=self.routing_mode, **kwargs)
+        vocab_size=s.vocab_size, num_modalities=s.num_modalities, max_len=s.seq_len,
+        modality_capacity=tuple(s.modality_counts) if grouped else None, **own, **kwargs)
 
   @nn.compact
   def __call__(self, features: dict, train: bool) -> jax.Array:
