@@ -107,6 +107,31 @@ def _swiglu_experts(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Arra
   return jnp.einsum('etf,efd->etd', h, down)  # [E, T, D]
 
 
+def local_dispatch(x: jax.Array, index: jax.Array, weight: jax.Array, gate: jax.Array,
+                   up: jax.Array, down: jax.Array) -> jax.Array:
+  """Expert-choice dispatch, expert compute and combine on one device (the default
+  ``dispatch_fn``).
+
+  Args:
+    x: ``[N, D]`` the group's tokens. index: int ``[E, C]``, the tokens expert ``e`` chose.
+    weight: ``[E, C]`` their router scores. gate, up: ``[E, D, F]``. down: ``[E, F, D]``.
+
+  Returns:
+    ``y [N, D]``: ``y[n] = sum over (e, k) with index[e, k] == n of weight[e, k] *
+    SwiGLU_e(x[n])`` (zero for a token no expert chose). Any ``dispatch_fn`` (e.g. the
+    expert-parallel one of ``jaxrec.sharding.expert_parallel``) must return the same.
+  """
+  n, d = x.shape
+  out = _swiglu_experts(jnp.take(x, index, axis=0), gate, up, down)  # [E, C, D]
+  out = out * weight[..., None].astype(out.dtype)
+  return jnp.zeros_like(out, shape=(n, d)).at[index.reshape(-1)].add(out.reshape(-1, d))
+
+
+# dispatch_fn(x [N, D], index [E, C], weight [E, C], gate, up, down) -> y [N, D]
+DispatchFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
+                      jax.Array]
+
+
 class AuxRouter(nn.Module):
   """Causal auxiliary router ``sigmoid(SiLU(x W1) W2)`` (MoMa); returns the LOGITS.
 
@@ -167,6 +192,7 @@ class _ExpertGroup(nn.Module):
   mlp_dim: int
   capacity_factor: float
   dtype: Optional[Any] = None
+  dispatch_fn: Optional[DispatchFn] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool):
@@ -184,9 +210,7 @@ class _ExpertGroup(nn.Module):
     if train:
       c = expert_capacity(n, e, self.capacity_factor, where=self.name)
       weight, index = jax.lax.top_k(scores.T, c)  # [E, C]; ties: the lower token index first
-      out = _swiglu_experts(jnp.take(x, index, axis=0), gate, up, down)  # [E, C, D]
-      out = out * weight[..., None].astype(out.dtype)
-      y = jnp.zeros_like(out, shape=(n, d)).at[index.reshape(-1)].add(out.reshape(-1, d))
+      y = (self.dispatch_fn or local_dispatch)(x, index, weight, gate, up, down)
       selected = jnp.zeros((e, n), bool).at[jnp.arange(e)[:, None], index].set(True).T
     else:  # exact causal path: every expert on every token, masked by the auxiliary router
       selected = causal_route(aux_logits)  # [N, E]
@@ -207,6 +231,9 @@ class ExpertChoiceFFN(nn.Module):
       ``N_g``), ``N_g`` the group's tokens in the batch.
     modality_blind: one group over every token, the routing ignored (the mixed-modal MoE).
     dtype: computation dtype (None: promote inputs and parameters).
+    dispatch_fn: the expert-choice dispatch / compute / combine of a group in training
+      (``local_dispatch`` when None; the expert-parallel all-to-all of
+      ``jaxrec.sharding.expert_parallel`` plugs in here).
 
   Parameters (group ``g`` is the submodule ``group{g}``): ``router [D, E_g]``, ``gate`` / ``up``
   ``[E_g, D, F]``, ``down [E_g, F, D]``, ``aux_router`` (``AuxRouter`` with ``E_g`` outputs).
@@ -236,6 +263,7 @@ class ExpertChoiceFFN(nn.Module):
   capacity_factor: float = 1.0
   modality_blind: bool = False
   dtype: Optional[Any] = None
+  dispatch_fn: Optional[DispatchFn] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, routing: Optional[Routing] = None, *, train: bool):
@@ -260,7 +288,8 @@ class ExpertChoiceFFN(nn.Module):
     b, d = x.shape[0], x.shape[-1]
     ys, counts, aux = [], [], {'scores': [], 'selected': [], 'aux_logits': []}
     for g, (xg, e) in enumerate(zip(routing.split(x), experts)):  # xg: [B, C_g, D]
-      group = _ExpertGroup(e, self.mlp_dim, self.capacity_factor, self.dtype, name=f'group{g}')
+      group = _ExpertGroup(e, self.mlp_dim, self.capacity_factor, self.dtype, self.dispatch_fn,
+                           name=f'group{g}')
       yg, ag = group(xg.reshape(-1, d), train)  # [B * C_g, D]
       ys.append(yg.reshape(xg.shape))
       counts.append(ag['selected'].sum(-1).reshape(xg.shape[:2]))
@@ -467,6 +496,7 @@ class MoMaBlock(DecoderBlock):
     ffn_kind: 'dense' or 'moe'. experts_per_group, capacity_factor, modality_blind: the
       ``ExpertChoiceFFN``'s. mod_fraction: 0 (a plain layer) or the MoD fraction in ``(0, 1]``.
     modality_capacity: the per-row modality counts (modality-aware MoD selection).
+    dispatch_fn: the ``ExpertChoiceFFN``'s (expert-parallel dispatch; None: on one device).
 
   Call: ``x [B, T, D]``, ``inputs`` (``LayerInputs``), ``cache`` (as ``DecoderBlock``; causal
   routing only under MoD) -> ``(y [B, T, D], cache)``.
@@ -477,6 +507,7 @@ class MoMaBlock(DecoderBlock):
   modality_blind: bool = False
   mod_fraction: float = 0.0
   modality_capacity: Optional[tuple[int, ...]] = None
+  dispatch_fn: Optional[DispatchFn] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, inputs: LayerInputs,  # pytype: disable=signature-mismatch
@@ -528,7 +559,7 @@ class MoMaBlock(DecoderBlock):
       f = SwiGLU(self.mlp_dim, None, self.dtype, name='ffn')(h)
     elif self.ffn_kind == 'moe':
       f, aux = ExpertChoiceFFN(self.experts_per_group, self.mlp_dim, self.capacity_factor,
-                               self.modality_blind, self.dtype, name='ffn')(
+                               self.modality_blind, self.dtype, self.dispatch_fn, name='ffn')(
                                    h, ffn_routing, train=expert_choice)
       if expert_choice:
         for logits, targets in zip(aux['aux_logits'], aux['selected']):

@@ -37,10 +37,12 @@ one block, or with MoD a ``_MoMaGroup`` of ``mod_every`` blocks (the last one Mo
 models keep ``DecoderBlock`` and their parameters unchanged.
 
 Routing modes (``routing_mode``, a field so a run can be evaluated either way): 'expert_choice'
-(training; non-causal: a token's route depends on later tokens) or 'causal' (each token routed on
+(training; non-causal: a token's route depends on later tokens), 'causal' (each token routed on
 its own by the auxiliary routers at 0.5: every expert of the group runs on every token and the
-unchosen contributions are masked, MoD layers mask the unchosen tokens as keys). ``decode`` /
-``generate`` always route causally. The auxiliary routers are trained post hoc from what an
+unchosen contributions are masked, MoD layers mask the unchosen tokens as keys) or
+'causal_inference' (expert choice when called with ``train=True``, causal with ``train=False``:
+how MoMa trains and then serves, and what the trainer's auxiliary-router recipe uses so that its
+validation scores causal inference). ``decode`` / ``generate`` always route causally. The auxiliary routers are trained post hoc from what an
 expert-choice forward sows into the ``'intermediates'`` collection (``__call__`` still returns
 logits only)::
 
@@ -78,7 +80,7 @@ PyTree = Any
 Cache = dict[str, jax.Array]
 UNTIE = ('none', 'mot')
 FFN = ('dense', 'moe')
-ROUTING_MODES = ('expert_choice', 'causal')
+ROUTING_MODES = ('expert_choice', 'causal', 'causal_inference')
 __all__ = ['MixedModalLM', 'DecoderLM', 'aux_router_terms', 'check_modality_counts', 'generate',
            'mixed_modal_lm_flops', 'mixed_modal_lm_flops_breakdown', 'upcycle_params']
 
@@ -152,11 +154,14 @@ class MixedModalLM(nn.Module):
       A modality-aware MoE trains by expert choice over static groups: ``modality_capacity``.
     mod_fraction: 0 (off) or the mixture-of-depths fraction in ``(0, 1]``; mod_every: every
       ``mod_every``-th layer is MoD (``is_mod_layer``; ``num_layers`` must be a multiple).
-    routing_mode: 'expert_choice' or 'causal' (auxiliary routers; see the module docstring).
+    routing_mode: 'expert_choice', 'causal' (auxiliary routers) or 'causal_inference' (expert
+      choice in training, causal at ``train=False``); see the module docstring.
+    dispatch_fn: the MoE FFN's expert dispatch in training (``moe.local_dispatch`` when None;
+      set by the sharding code for expert parallelism, ``jaxrec.sharding.expert_parallel``).
 
   Call:
-    inputs: int ``[B, L]`` tokens; modality: int ``[B, L]`` modality ids; train: unused (no
-    dropout; MoMa routes by ``routing_mode``), kept for the trainer's interface. With
+    inputs: int ``[B, L]`` tokens; modality: int ``[B, L]`` modality ids; train: no dropout;
+    picks MoMa's routing under ``routing_mode='causal_inference'`` (else unused). With
     ``mutable=['intermediates']`` an expert-choice MoMa forward also sows each auxiliary
     router's ``aux_router_loss`` / ``aux_router_accuracy`` (``aux_router_terms`` sums them).
 
@@ -185,6 +190,7 @@ class MixedModalLM(nn.Module):
   mod_fraction: float = 0.0
   mod_every: int = 2
   routing_mode: str = 'expert_choice'
+  dispatch_fn: Optional[Callable[..., jax.Array]] = None
 
   def __post_init__(self):
     name = type(self).__name__
@@ -302,7 +308,7 @@ class MixedModalLM(nn.Module):
                   rope_base=self.rope_base, dtype=self.dtype, ffn_kind=self.ffn,
                   experts_per_group=self.experts_per_group,
                   capacity_factor=self.capacity_factor, modality_blind=self.modality_blind,
-                  modality_capacity=self.modality_capacity)
+                  modality_capacity=self.modality_capacity, dispatch_fn=self.dispatch_fn)
     if not self.scan_layers:
       block = self._wrap(MoMaBlock)
       self.layers = [block(**kwargs, mod_fraction=self.mod_fraction if self.is_mod_layer(i)
@@ -365,7 +371,6 @@ class MixedModalLM(nn.Module):
     return grouped_routing(modality, self.modality_capacity)
 
   def __call__(self, inputs: jax.Array, modality: jax.Array, *, train: bool) -> jax.Array:
-    del train  # no dropout; MoMa routing follows routing_mode, not train
     self._check_tokens(inputs, modality, '__call__')
     length = inputs.shape[1]
     if length > self.max_len:
@@ -377,7 +382,8 @@ class MixedModalLM(nn.Module):
                        f'sums to {sum(self.modality_capacity)}, not the sequence length '
                        f'{length}')
     if self._moma:
-      expert_choice = self.routing_mode == 'expert_choice'
+      expert_choice = self.routing_mode == 'expert_choice' or (
+          self.routing_mode == 'causal_inference' and train)
       inputs_ = LayerInputs(modality=modality, start=jnp.int32(0),
                             ffn_routing=self._ffn_routing(modality, expert_choice, False),
                             expert_choice=expert_choice)
@@ -450,7 +456,7 @@ class DecoderLM(nn.Module):
     schema: a ``jaxrec.data.schema.SequenceSchema``.
     num_layers, embed_dim, num_heads, head_dim, mlp_dim, untie, rope_base, dtype, scan_layers,
       remat_policy, layer_param_fn, ffn, experts_per_group, capacity_factor, modality_blind,
-      mod_fraction, mod_every, routing_mode: as ``MixedModalLM``. A modality-aware MoE FFN
+      mod_fraction, mod_every, routing_mode, dispatch_fn: as ``MixedModalLM``. A modality-aware MoE FFN
       (``ffn='moe'``, not ``modality_blind``) also takes the schema's modality counts.
 
   Call:
@@ -478,6 +484,7 @@ class DecoderLM(nn.Module):
   mod_fraction: float = 0.0
   mod_every: int = 2
   routing_mode: str = 'expert_choice'
+  dispatch_fn: Optional[Callable[..., jax.Array]] = None
 
   def lm(self, **kwargs) -> MixedModalLM:
     """The underlying ``MixedModalLM`` (unbound unless ``kwargs`` give a parent; its parameters

@@ -192,6 +192,45 @@ def mixed_modal_config(untie: str = 'none', size: str = 's') -> ml_collections.C
   return c
 
 
+# MoMa study variants (docs/moma.md): model_kwargs over mixed_modal_config's. Experts have the
+# dense FFN's width and capacity factor 1, so a token is processed once on average (compute
+# matched); MoD layers (every 2nd) take 25% of each row's tokens.
+MOMA_VARIANTS = {
+    'dense': dict(untie='none'),
+    'mot': dict(untie='mot'),
+    'moe': dict(ffn='moe', experts_per_group=(4,), modality_blind=True),
+    'moe_mod': dict(ffn='moe', experts_per_group=(4,), modality_blind=True, mod_fraction=0.25),
+    'moma': dict(ffn='moe', experts_per_group=(2, 2)),
+    'moma_mod': dict(ffn='moe', experts_per_group=(2, 2), mod_fraction=0.25),
+}
+
+
+def moma_config(variant: str = 'moma', size: str = 's') -> ml_collections.ConfigDict:
+  """:func:`mixed_modal_config` with the model of ``MOMA_VARIANTS[variant]`` (dense, MoT, the
+  modality-blind expert-choice MoE, MoMa 2 text + 2 image experts, each MoE with and without
+  mixture-of-depths)."""
+  if variant not in MOMA_VARIANTS:
+    raise ValueError(f'moma_config: variant {variant!r} is not one of {list(MOMA_VARIANTS)}')
+  c = mixed_modal_config('none', size)
+  c.model_kwargs.update(MOMA_VARIANTS[variant])
+  return c
+
+
+def aux_router_config(variant: str = 'moma', size: str = 's') -> ml_collections.ConfigDict:
+  """MoMa's second phase for a :func:`moma_config` run: ``recipe='aux_router'`` trains only the
+  auxiliary routers (fork the trained run with ``--fork_from``; parameters only, fresh
+  optimizer) and ``routing_mode='causal_inference'`` makes validation score causal inference
+  (each token routed by the auxiliary routers alone)."""
+  c = moma_config(variant, size)
+  if c.model_kwargs.get('ffn', 'dense') != 'moe' and not c.model_kwargs.get('mod_fraction'):
+    raise ValueError(f'aux_router_config: variant {variant!r} has no router to learn')
+  c.recipe = 'aux_router'
+  c.model_kwargs.routing_mode = 'causal_inference'
+  c.num_epochs = 1
+  c.early_stop_patience = 1
+  return c
+
+
 def dataset_options_config(name: str) -> ml_collections.ConfigDict:
   """Every option of dataset ``name`` at its default (a typed placeholder where that is None, so
   that the command line can set it)."""

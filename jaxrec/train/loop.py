@@ -210,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     override_config_check: resume even so, replacing the stored ``config.json``.
     fork_from: a run directory whose latest and best checkpoints start this run in ``workdir``
       (which must hold no run); the config may differ, but not the data or parameter shapes.
+      A recipe with ``fresh_optimizer`` (the auxiliary-router phase) takes only the parameters
+      (of the source's best checkpoint, else its latest) and starts at step 0.
 
   Raises:
     jaxrec.errors.UserError: a config, data, sharding plan or run directory that cannot be run;
@@ -245,13 +247,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   meta = _initial_meta()
   restored = best = None
   run = reshard.RunModel(model, data.schema, tx, example, config.seed, recipe)
+  params_only = fork_from is not None and recipe.fresh_optimizer
   if start.source is not None:
     restored, best = _restore(start.source, state, trainer, run, with_best=fork_from is not None)
-    state, meta = restored
+    if params_only:  # the source's best (else latest) parameters; everything else starts fresh
+      source_state = (best or restored)[0]
+      state = state.replace(params=source_state.params, batch_stats=source_state.batch_stats)
+      restored = best = None
+    else:
+      state, meta = restored
 
   # Validated: from here on the workdir is written.
   if jax.process_index() == 0 and start.note:
-    print(start.note, flush=True)
+    print(start.note + (f' (parameters only: config.recipe={recipe.name!r} starts a fresh '
+                        'optimizer at step 0)' if params_only else ''), flush=True)
   os.makedirs(workdir, exist_ok=True)
   files = [(run_config.CONFIG_FILE, record), (run_config.DATASET_STATE_FILE, data_state)]
   if isinstance(trainer, TableShardedTrainer):  # the resolved plan, for evaluation and reuse

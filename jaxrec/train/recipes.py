@@ -11,6 +11,13 @@ batch under ``next.<key>``).
   each step trains on the batch and the next one together; the next one's outputs are kept as
   soft labels for the following step, where the same rows (same view) come back as the current
   batch: loss = CE(both) + alpha * T^2 * KL(soft labels || outputs / T) on the current rows.
+* ``AuxRouterRecipe`` (MoMa, arXiv 2407.21770): trains only the parameters under an
+  ``aux_router`` module (every other parameter frozen: gradients stopped, updates zeroed) on the
+  sum of the auxiliary routers' BCE against the main routers' expert-choice decisions, which the
+  model sows into ``'intermediates'`` (``jaxrec.layers.moe.aux_router_terms``). It is a second
+  phase after the main training: fork the trained run (``--fork_from``); the fork takes its
+  parameters only and starts a fresh optimizer (``fresh_optimizer``). With the model's
+  ``routing_mode='causal_inference'`` the run's validation scores causal inference.
 * ``SMC(channels, views, alpha, temperature)`` (arXiv 2304.14224, SMC-k): each sample goes through
   the model as ``channels`` channels. Every step, channels 2..k run a no-gradient forward in train
   mode (updating BatchNorm statistics) on the *next* batch and their outputs are held for one step;
@@ -31,16 +38,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 from jaxrec.errors import ConfigError
+from jaxrec.layers.moe import aux_router_terms
 from jaxrec.train.tasks import Task, weighted_mean
 
 PyTree = Any
-RECIPES = ('none', 'label_smoothing', 'dlb', 'smc')
+RECIPES = ('none', 'label_smoothing', 'dlb', 'smc', 'aux_router')
 NEXT = 'next.'  # prefix of the lookahead batch's keys in a step's batch
 _VIEW_SALT = 0x56494557  # separates view keys from dropout keys
 
@@ -66,6 +74,8 @@ def with_next(batch: dict, following: dict) -> dict:
 
 # forward(params, feats, dropout_key, batch_stats) -> (outputs, new_batch_stats), train mode.
 Forward = Callable[[PyTree, dict, jax.Array, PyTree], tuple[jax.Array, PyTree]]
+# The same, also returning the 'intermediates' the model sowed: (outputs, batch_stats, sown).
+SowingForward = Callable[[PyTree, dict, jax.Array, PyTree], tuple[jax.Array, PyTree, PyTree]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +91,7 @@ class StepInputs:
     rng: the state's base key.
     batch_stats: BatchNorm statistics before the step ({} when the model has none).
     recipe_state: what the recipe held from the previous step.
+    forward_sown: ``forward`` also returning the model's sown ``'intermediates'``.
   """
   task: Task
   forward: Forward
@@ -90,6 +101,7 @@ class StepInputs:
   rng: jax.Array
   batch_stats: PyTree
   recipe_state: PyTree
+  forward_sown: Optional[SowingForward] = None
 
 
 # (data_loss, new_batch_stats, new_recipe_state, metrics)
@@ -99,13 +111,20 @@ RecipeOutput = tuple[jax.Array, PyTree, PyTree, dict]
 class Recipe:
   """Interface: ``loss(params, inputs) -> RecipeOutput``; ``init_state(outputs)`` the state held
   between steps (``None`` when there is none), from the outputs' ``ShapeDtypeStruct`` for one
-  batch."""
+  batch; ``trainable(params)`` which parameters the step updates (None: all);
+  ``fresh_optimizer``: a fork into this recipe takes the parameters only."""
   name = 'none'
   lookahead = False
   needs_soft_labels = False
+  fresh_optimizer = False
 
   def init_state(self, outputs: jax.ShapeDtypeStruct) -> PyTree:
     del outputs
+    return None
+
+  def trainable(self, params: PyTree) -> Optional[PyTree]:
+    """A bool per leaf of ``params`` (True: updated), or None when every parameter trains."""
+    del params
     return None
 
   def loss(self, params: PyTree, x: StepInputs) -> RecipeOutput:
@@ -251,6 +270,57 @@ class SMC(Recipe):
                                                  'distill_weight': a}
 
 
+def under_module(params: PyTree, module: str) -> PyTree:
+  """A bool per leaf of ``params``: whether its path passes through a module named ``module``."""
+  def inside(path, _):
+    return any(getattr(k, 'key', None) == module for k in path)
+  return jax.tree_util.tree_map_with_path(inside, params)
+
+
+def freeze(params: PyTree, trainable: PyTree) -> PyTree:
+  """``params`` with the gradient stopped at every leaf whose ``trainable`` entry is False."""
+  return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxRouterRecipe(Recipe):
+  """MoMa's post-hoc auxiliary-router training (module docstring).
+
+  loss = sum over the model's auxiliary routers of their mean BCE against the main routers'
+  expert-choice decisions (``aux_router_terms``); metrics add the routers' agreement with those
+  decisions (``aux_router_accuracy``, the 0.5-threshold routing of causal inference) and the
+  task's loss of the (unchanged) main model.
+  """
+  module: str = 'aux_router'
+  name = 'aux_router'
+  fresh_optimizer = True
+
+  def trainable(self, params):
+    mask = under_module(params, self.module)
+    if not any(jax.tree.leaves(mask)):
+      raise ConfigError(f"config.recipe='aux_router' trains the parameters under {self.module!r} "
+                        'modules, and this model has none: it needs a MoE FFN or mixture-of-'
+                        "depths (model 'decoder_lm' with model_kwargs.ffn='moe' or mod_fraction)")
+    return mask
+
+  def loss(self, params, x):
+    if x.forward_sown is None:
+      raise ConfigError("config.recipe='aux_router' needs the model's sown intermediates, which "
+                        "this trainer's step does not collect")
+    params = freeze(params, self.trainable(params))
+    feats = x.task.view(x.features(x.batch), view_key(x.rng, x.step, 0))
+    out, stats, sown = x.forward_sown(params, feats, dropout_key(x.rng, x.step, 0), x.batch_stats)
+    terms = aux_router_terms(sown)
+    if not terms['routers']:
+      raise ConfigError("config.recipe='aux_router': the model sowed no auxiliary-router terms in "
+                        'its training forward; it must route by expert choice in training '
+                        "(model_kwargs.routing_mode 'expert_choice' or 'causal_inference')")
+    metrics = {'aux_router_loss': terms['loss'], 'aux_router_accuracy': terms['accuracy'],
+               'task_loss': weighted_mean(x.task.row_loss(out, x.batch), x.batch['weight'])}
+    metrics.update(x.task.train_metrics(out, x.batch))
+    return terms['loss'], stats, x.recipe_state, metrics
+
+
 def recipe_from_config(config, total_steps: int) -> Recipe:
   """The recipe ``config.recipe`` names, with its section (``config.label_smoothing``,
   ``config.dlb``, ``config.smc``); ``total_steps`` sets SMC's ramp."""
@@ -265,4 +335,6 @@ def recipe_from_config(config, total_steps: int) -> Recipe:
     s = config.smc
     return SMC(int(s.channels), str(s.views), float(s.alpha), float(s.temperature), str(s.ramp),
                max(int(total_steps), 1))
+  if name == 'aux_router':
+    return AuxRouterRecipe()
   raise ConfigError(f'config.recipe must be one of {RECIPES}, got {name!r}')

@@ -99,8 +99,10 @@ class ShardedTrainer:
       loss_and_grad = state_lib.make_loss_and_grad(step_model, plan.mask, self._optim, hooks,
                                                    self._task, self._recipe)
       rules = plan.activation_rules
+    trainable = (None if self._recipe is None
+                 else self._recipe.trainable(nn.meta.unbox(plan.abstract.params)))
     train = state_lib.make_train_step(step_model, self._tx, plan.mask, self._optim,
-                                      loss_and_grad)
+                                      loss_and_grad, trainable)
     evaluate = state_lib.make_eval_step(step_model, hooks, self._task)
 
     def in_context(fn, rules_):

@@ -206,6 +206,15 @@ def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,
   task = CTRTask() if task is None else task
   recipe = PlainRecipe() if recipe is None else recipe
 
+  def forward_sown(params, feats, key, stats):
+    params, feats = hooks.prepare(params, feats)
+    variables = {'params': params}
+    if stats:
+      variables['batch_stats'] = stats
+    out, updates = model.apply(variables, feats, train=True, rngs={'dropout': key},
+                               mutable=['batch_stats', 'intermediates'])
+    return out, updates.get('batch_stats', {}), updates.get('intermediates', {})
+
   def forward(params, feats, key, stats):
     params, feats = hooks.prepare(params, feats)
     variables = {'params': params}
@@ -215,13 +224,13 @@ def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,
                                mutable=['batch_stats'])
     return out, updates.get('batch_stats', {})
 
-  forward_fn = hooks.checkpoint(forward)
+  forward_fn, forward_sown_fn = hooks.checkpoint(forward), hooks.checkpoint(forward_sown)
 
   def loss_and_grad(state: TrainState, batch: dict, dropout_rng: jax.Array):
     del dropout_rng  # the recipe derives its keys from (state.rng, state.step), as this was
     inputs = StepInputs(task=task, forward=forward_fn, features=features, batch=batch,
                         step=state.step, rng=state.rng, batch_stats=state.batch_stats,
-                        recipe_state=state.recipe_state)
+                        recipe_state=state.recipe_state, forward_sown=forward_sown_fn)
 
     def loss_fn(params):
       data_loss, stats, held, metrics = recipe.loss(params, inputs)
@@ -235,12 +244,15 @@ def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: PyTree,
-                    cfg: OptimConfig, loss_and_grad: Optional[LossAndGrad] = None
+                    cfg: OptimConfig, loss_and_grad: Optional[LossAndGrad] = None,
+                    trainable: Optional[PyTree] = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)`` (jit it with the state donated).
 
   ``loss_and_grad`` replaces the default ``make_loss_and_grad(model, mask, cfg)`` (the sharding
-  code passes one with hooks, or an explicit shard_map implementation).
+  code passes one with hooks, or an explicit shard_map implementation). ``trainable``: a bool
+  per parameter (``Recipe.trainable``); the updates of the others are zeroed, so they stay
+  exactly as they are whatever the optimizer and regularizers do.
   """
   if loss_and_grad is None:
     loss_and_grad = make_loss_and_grad(model, mask, cfg)
@@ -251,6 +263,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Py
     data_loss, reg, new_stats = aux[:3]
     held, extra = aux[3] if len(aux) > 3 else (state.recipe_state, {})
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if trainable is not None:
+      updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               batch_stats=new_stats if state.batch_stats else state.batch_stats,

@@ -208,6 +208,16 @@ def test_causal_mode_never_looks_ahead_and_expert_choice_does():
   assert moved.max() > 1e-3, moved.max()
 
 
+def test_causal_inference_mode_trains_by_expert_choice_and_infers_causally():
+  both = lm(mod_fraction=0.5, routing_mode='causal_inference')
+  p = params_of(both, seed=3)
+  toks, mod = tokens(seed=4), layouts(seed=4)
+  for train, mode in ((True, 'expert_choice'), (False, 'causal')):
+    got = both.apply({'params': p}, toks, mod, train=train)
+    want = lm(mod_fraction=0.5, routing_mode=mode).apply({'params': p}, toks, mod, train=train)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 @pytest.mark.parametrize('scan', [True, False])
 def test_kv_cache_decode_matches_causal_forward(scan):
   # routing_mode='expert_choice' on purpose: decode routes causally whatever the field says.
