@@ -35,16 +35,10 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
-from jaxrec.data.schema import schema_from_dict
-from jaxrec.models.mixed_modal_lm import mixed_modal_lm_flops
 from jaxrec.train import study
 from jaxrec.train.config import MIXED_MODAL_SIZES, mixed_modal_config
-from jaxrec.train.evaluation import load_dataset_state
-from jaxrec.train.loop import make_model
-from jaxrec.train.writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {'dense': 'none', 'mot': 'mot'}
@@ -74,29 +68,6 @@ def build_config(args, size: str, model: str, seed: int):
   return c
 
 
-def model_size(config, workdir: str) -> dict:
-  """Total and non-embedding parameters and forward matmul FLOPs per token of the run's model."""
-  schema = schema_from_dict(load_dataset_state(workdir)['schema'])
-  lm = make_model(config, schema).lm()
-  tokens = np.zeros((1, schema.seq_len), np.int32)
-  modality = np.repeat(np.arange(schema.num_modalities, dtype=np.int32),
-                       schema.modality_counts)[None]  # the static per-modality counts
-  shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), tokens, modality, train=False))
-  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
-  return {'params': params, 'non_embedding_params': params - lm.vocab_size * lm.embed_dim,
-          'flops_per_token': mixed_modal_lm_flops(lm, schema.seq_len) / schema.seq_len}
-
-
-def read_curves(workdir: str) -> dict:
-  """split -> records of ``metrics.jsonl`` by increasing step, the last of a step kept (a resumed
-  run logs again the steps after its checkpoint)."""
-  by_step = {'train': {}, 'valid': {}}
-  for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')):
-    if r['split'] in by_step:
-      by_step[r['split']][int(r['step'])] = r
-  return {split: [d[s] for s in sorted(d)] for split, d in by_step.items()}
-
-
 def run_one(args, size: str, model: str, seed: int, index: str) -> dict:
   workdir = os.path.join(args.root, f'{size}_{model}_seed{seed}')
   config = build_config(args, size, model, seed)
@@ -105,13 +76,13 @@ def run_one(args, size: str, model: str, seed: int, index: str) -> dict:
   print(f'[{index}] {size} {model} seed {seed}: {"read" if done else "training"} {workdir}',
         flush=True)
   results = study.run_or_read(config, workdir)
-  curves = read_curves(workdir)
+  curves = study.read_curves(workdir)
   if [r['step'] for r in curves['valid']] != [args.eval_every * (e + 1)
                                               for e in range(config.num_epochs)]:
     raise RuntimeError(f'{workdir}: validation steps {[r["step"] for r in curves["valid"]]} are '
                        f'not every {args.eval_every} steps to {args.steps}')
   run = {'size': size, 'model': model, 'seed': seed, 'steps': results['steps'],
-         **model_size(config, workdir), 'curves': curves}
+         **study.lm_size(config, workdir), 'curves': curves}
   final = curves['valid'][-1]
   print(json.dumps({k: run[k] for k in ('size', 'model', 'seed', 'steps', 'params')}
                    | {f'valid_{k}': final[k] for k in LOSSES.values()}), flush=True)

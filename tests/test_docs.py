@@ -35,10 +35,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
+from tests import doc_checks
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 SHELL_LANGS = ('bash', 'sh', 'shell', 'console')
@@ -129,11 +130,15 @@ def python_blocks() -> list[Block]:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """Run the command reduced: ``replace`` pairs (each ``old`` must occur), then ``append``."""
+  """Run the command reduced: ``replace`` pairs (each ``old`` must occur), then ``append``;
+  then ``check(root, command, run)`` (``tests/doc_checks.py``) asserts on what it wrote in the
+  scratch repository ``root`` (``command``: the reduced command; ``run(cmd)`` runs another
+  command there as this one ran and returns its ``CompletedProcess``)."""
   replace: tuple[tuple[str, str], ...] = ()
   append: str = ''
   needs: tuple[str, ...] = ()  # 'shared_data', 'torch', 'torchrec', 'minilm'
   slow: bool = False
+  check: Optional[Callable[..., None]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +195,8 @@ LM_DATA_TINY = ('dataset_options.mixed_modal.seq_len=128 '
                 'dataset_options.mixed_modal.text_vocab_size=256 '
                 'dataset_options.mixed_modal.codebook_size=16 model_kwargs.num_layers=1 '
                 'model_kwargs.embed_dim=32 model_kwargs.num_heads=2 model_kwargs.head_dim=16 '
-                'model_kwargs.mlp_dim=64 batch_size=8 eval_batch_size=16')
+                'model_kwargs.mlp_dim=64 batch_size=8 eval_batch_size=16 '
+                'dataset_options.mixed_modal.cache_dir=lm_cache')
 LM_STUDY_SET = ' '.join('--set ' + f for f in LM_DATA_TINY.split() if 'train_rows' not in f)
 LM_TINY = ' '.join('--config.' + f for f in LM_DATA_TINY.split()) + ' --config.num_epochs=1'
 FRAPPE_RESULTS_CFG = {'num_epochs': 1, 'batch_size': 16384, 'eval_batch_size': 16384}
@@ -441,7 +447,7 @@ COMMANDS: dict[str, object] = {
         Run(replace=(('--sizes xs,s --steps 400 --eval_every 40', '--sizes xs --steps 2 '
                       '--eval_every 2'),
                      ('--set dataset_options.mixed_modal.valid_rows=256', LM_STUDY_SET)),
-            needs=('shared_data',)),
+            needs=('shared_data',), check=doc_checks.mot_study),
     'python scripts/generate_mixed_modal.py --workdir runs/mot_study/s_mot_seed2021 '
     '--samples_per_class 8 --text_prompt "This app" --out docs/mot_samples.png':
         Run(replace=(('python scripts/generate_mixed_modal.py',
@@ -453,7 +459,24 @@ COMMANDS: dict[str, object] = {
     # docs/mot.md: the benchmark at the smallest size, one timed step.
     'python scripts/bench_mot.py --sizes xs,s,m --batch_size 8 --out docs/mot_bench':
         Run(replace=(('--sizes xs,s,m --batch_size 8', '--sizes xs --batch_size 2'),),
-            append='--steps 1 --warmup 1'),
+            append='--steps 1 --warmup 1', check=doc_checks.mot_bench),
+    # docs/moma.md: a MoMa run and its auxiliary-router phase, two steps each of a one-layer model;
+    # the study on dense and MoMa only, two steps and one auxiliary-router epoch of two steps.
+    'python scripts/train.py --config configs/moma_mixed_modal.py:moma --workdir runs/moma':
+        Run(append=LM_TINY, needs=('shared_data',)),
+    'python scripts/train.py --config configs/moma_aux_router.py:moma --workdir runs/moma_aux '
+    '--fork_from runs/moma':
+        Run(append=LM_TINY + ' --config.learning_rate=0.01', needs=('shared_data',),
+            check=doc_checks.moma_aux),
+    # docs/moma.md: expert parallelism on 8 emulated devices (data 4 x expert 2), two steps.
+    'python scripts/train.py --config configs/moma_mixed_modal.py:moma --workdir runs/moma_ep '
+    '--cpu_devices=8 --config.sharding.mesh.expert=2': Run(append=LM_TINY, needs=('shared_data',)),
+    'python scripts/moma_study.py --sizes xs --steps 400 --eval_every 40 --aux_steps 80 '
+    '--set dataset_options.mixed_modal.valid_rows=256 --root runs/moma_study --out docs/moma_study':
+        Run(replace=(('--steps 400 --eval_every 40 --aux_steps 80',
+                      '--variants dense,moma --steps 2 --eval_every 2 --aux_steps 2'),
+                     ('--set dataset_options.mixed_modal.valid_rows=256', LM_STUDY_SET)),
+            needs=('shared_data',), check=doc_checks.moma_study),
 }
 
 
@@ -494,7 +517,7 @@ print(results['valid'])   # {'auc': ..., 'logloss': ..., 'ne': ..., 'rows': 5772
                    'data_dir': '../shared/data/frappe'}, needs=('shared_data',)))
 # docs/fsdp.md: the documented sharding defaults are base_config's (checked after the block).
 _py('''
-c.sharding.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}  # -1: the rest of the devices
+c.sharding.mesh = {'data': -1, 'fsdp': 1, 'expert': 1, 'tensor': 1}  # -1: the rest of the devices
 c.sharding.hosts = 0            # 0: flat mesh; N or -1 (one per process): ('host',) + per-host axes
 c.sharding.strategy = 'NO_SHARD'  # FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
 c.sharding.implementation = 'gspmd'  # or 'shard_map' (explicit collectives; FULL/HYBRID_SHARD)
@@ -728,7 +751,10 @@ def test_shell_block_runs(block, tmp_path, request):
   for command, entry in runs:
     study = 'frappe_results.py' in command or 'sparse_optimizer_study.py' in command
     config = FRAPPE_RESULTS_CFG if study else None
-    _run(reduce_command(command, entry), root, tmp_path, config)
+    reduced = reduce_command(command, entry)
+    _run(reduced, root, tmp_path, config)
+    if entry.check is not None:
+      entry.check(root, reduced, lambda cmd: _run(cmd, root, tmp_path, config))
 
 
 @pytest.mark.parametrize('block', _block_params(

@@ -1,15 +1,11 @@
-"""scripts/mot_study.py: the steps-to-reach measure on hand-made curves, and one tiny study end to
-end on the real data (dense and MoT, cached on a rerun)."""
+"""scripts/mot_study.py: the steps-to-reach measure on hand-made curves and the flag checks (the
+study end to end is the doc check of docs/mot.md)."""
 
-import csv
-import json
 import os
 import runpy
-import time
 
 import pytest
 
-from jaxrec.errors import ConfigMismatchError
 from jaxrec.train import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,58 +78,5 @@ def test_flags_are_checked(tmp_path):
                    '--set', 'num_epochs=3'])
 
 
-TINY = ['--sizes', 'xs', '--steps', '4', '--eval_every', '2', '--log_every', '1',
-        '--set', 'model_kwargs.num_layers=1', '--set', 'model_kwargs.embed_dim=32',
-        '--set', 'model_kwargs.num_heads=2', '--set', 'model_kwargs.head_dim=16',
-        '--set', 'model_kwargs.mlp_dim=64', '--set', 'batch_size=8',
-        '--set', 'eval_batch_size=32', '--set', 'tensorboard=False',
-        '--set', 'dataset_options.mixed_modal.valid_rows=32',
-        '--set', 'dataset_options.mixed_modal.text_vocab_size=256',
-        '--set', 'dataset_options.mixed_modal.codebook_size=16']
-
-
-def test_tiny_study_end_to_end_and_cached(tmp_path, shared_data):
-  root, out = str(tmp_path / 'runs'), str(tmp_path / 'out' / 'mot')
-  args = TINY + ['--data_dir', str(shared_data), '--root', root, '--out', out]
-  STUDY['main'](args)
-  with open(out + '.csv', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
-  for model in ('dense', 'mot'):
-    mine = [r for r in rows if r['model'] == model]
-    assert [int(r['step']) for r in mine if r['split'] == 'valid'] == [2, 4]
-    assert [int(r['step']) for r in mine if r['split'] == 'train'] == [1, 2, 3, 4]
-    assert {r['size'] for r in mine} == {'xs'} and {r['seed'] for r in mine} == {'2021'}
-  first = {r['model']: r for r in rows}
-  dense, mot = first['dense'], first['mot']
-  # MoT unties every non-embedding parameter by modality (2 here) and shares the embedding.
-  assert int(mot['non_embedding_params']) == 2 * int(dense['non_embedding_params'])
-  assert (int(mot['params']) - int(mot['non_embedding_params'])
-          == int(dense['params']) - int(dense['non_embedding_params']))
-  assert float(mot['flops_per_token']) == float(dense['flops_per_token']) > 0
-  # The CSV's final validation losses are the runs' metrics.
-  for model in ('dense', 'mot'):
-    with open(os.path.join(root, f'xs_{model}_seed2021', 'metrics.jsonl'), encoding='utf-8') as f:
-      last = [json.loads(l) for l in f if '"valid"' in l][-1]
-    row = [r for r in rows if r['model'] == model and r['split'] == 'valid'][-1]
-    assert float(row['loss']) == pytest.approx(last['loss'], rel=1e-12)
-  with open(out + '.png', 'rb') as f:
-    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  text = open(out + '.md', encoding='utf-8').read()
-  assert '```' not in text  # docs/ executes fenced commands
-  assert 'Command: `python scripts/mot_study.py --sizes xs' in text and 'Machine:' in text
-  assert '**Size xs**' in text and 'Goal at the largest size run (xs)' in text
-  for modality in ('text', 'image', 'overall'):
-    assert f'| {modality} | ' in text
-
-  # A rerun reads the finished runs instead of training them again.
-  done = [os.path.join(root, f'xs_{m}_seed2021', 'results.json') for m in ('dense', 'mot')]
-  mtimes = [os.path.getmtime(p) for p in done]
-  t0 = time.perf_counter()
-  STUDY['main'](args)
-  assert [os.path.getmtime(p) for p in done] == mtimes
-  assert time.perf_counter() - t0 < 30
-  with open(out + '.csv', encoding='utf-8') as f:
-    assert list(csv.DictReader(f)) == rows
-  # ... and refuses to read them as runs of other settings.
-  with pytest.raises(ConfigMismatchError, match='holds a run of another config'):
-    STUDY['main'](args + ['--warmup', '0.1'])
+# The study end to end on the real data (CSV, Markdown, cached rerun) runs in the doc check of
+# docs/mot.md (tests/doc_checks.py: mot_study).

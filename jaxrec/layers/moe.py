@@ -49,7 +49,9 @@ groups for expert choice (a per-row top-k over all tokens would give data-depend
 Logical axes: expert kernels ``('expert', 'embed', 'mlp')`` / ``('expert', 'mlp', 'embed')``,
 router ``('embed', 'expert')``, auxiliary router ``('embed', 'mlp')`` / ``('mlp', 'expert')``
 (``('mlp',)`` for MoD's single output), MoD router ``('embed',)``. All have rules in
-``jaxrec.sharding.rules`` (``'expert'`` is not sharded there).
+``jaxrec.sharding.rules``: ``'expert'`` is split over a mesh ``expert`` axis when there is one,
+and the sharding code then sets ``dispatch_fn`` to the all-to-all dispatch of
+``jaxrec.sharding.expert_parallel`` (expert parallelism).
 """
 
 from __future__ import annotations

@@ -16,8 +16,13 @@ HYBRID_SHARD    sharded over fsdp (within a   sharded over fsdp, replicated   FU
                                                                               across hosts
 ==============  ============================  ==============================  ===================
 
-(``tensor`` rules apply under every strategy; the batch is split over ``host``, ``data`` and
-``fsdp``.) HYBRID_SHARD needs the hierarchical mesh (``config.sharding.hosts``).
+(``tensor`` rules apply under every strategy; the batch is split over ``host``, ``data``, ``fsdp``
+and ``expert``.) HYBRID_SHARD needs the hierarchical mesh (``config.sharding.hosts``).
+
+Expert parallelism (a mesh ``expert`` axis of more than one device, GSPMD implementation only):
+expert kernels are split over it by the rules (logical axis ``'expert'``), and the model's
+``dispatch_fn`` becomes ``jaxrec.sharding.expert_parallel.expert_parallel_dispatch`` (explicit
+all-to-all inside the step); a model without experts or without a ``dispatch_fn`` is an error.
 
 The forward pass sees the parameters through ``gather``: the storage shards are cast to the
 mixed-precision ``param_dtype`` and all-gathered to the compute layout (only ``tensor`` axes
@@ -51,6 +56,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxrec.layers.transformer import REMAT_POLICIES, check_remat_policy
+from jaxrec.sharding import expert_parallel
 from jaxrec.sharding import padding as padding_lib
 from jaxrec.sharding import rules as rules_lib
 from jaxrec.sharding.hooks import ForwardHooks
@@ -344,6 +350,7 @@ def plan_state(boxed_abstract: Any, mesh: Mesh, config: ShardingConfig) -> State
 
   all_names = jax.tree.leaves(names_of(boxed_abstract.params))
   rules_lib.check_names_covered([n for names in all_names for n in names], 'model parameters')
+  expert_parallel.check_expert_parallel(mesh, None, all_names, config.implementation)
 
   def dims_tree(tree, role, prefix):
     def one(path, leaf):
@@ -382,7 +389,7 @@ def plan_state(boxed_abstract: Any, mesh: Mesh, config: ShardingConfig) -> State
       batch_stats=jax.tree.map(lambda _: replicated, abstract.batch_stats),
       opt_state=jax.tree.map(lambda d: shard(d, o_kind), opt_dims),
       rng=replicated, **held)
-  batch_axes = tuple(a for a in (HOST_AXIS, 'data', rules_lib.FSDP) if a in mesh.axis_names)
+  batch_axes = tuple(a for a in rules_lib.BATCH_MESH_AXES if a in mesh.axis_names)
   return StatePlan(mesh=mesh, config=config, abstract=abstract,
                    mask=rules_lib.embedding_mask(boxed_abstract.params), state=state_shardings,
                    param_dims=param_dims, grad_dims=grad_dims,
@@ -469,7 +476,9 @@ def with_gather_hooks(model: nn.Module, gather_one: Callable[[nn.Partitioned], j
   """The model with its per-layer gather set (if it takes one) and the ``prepare`` hook.
 
   ``prepare`` boxes the parameters and gathers every one outside a scanned layer stack; a model
-  with ``layer_param_fn`` gathers the stacked ones itself, one layer at a time.
+  with ``layer_param_fn`` gathers the stacked ones itself, one layer at a time. On a mesh whose
+  ``expert`` axis has more than one device the model's ``dispatch_fn`` is set to the
+  expert-parallel all-to-all dispatch (``expert_parallel.with_expert_parallel``).
   """
   by_layer = has_layer_hook(model)
   compute_dtype = plan.config.mixed_precision.compute_dtype
@@ -481,6 +490,8 @@ def with_gather_hooks(model: nn.Module, gather_one: Callable[[nn.Partitioned], j
 
   if by_layer:
     model = model.clone(layer_param_fn=lambda tree: gather_tree(tree, gather_one, False))
+  model = expert_parallel.with_expert_parallel(model, plan.mesh, plan.param_names,
+                                               plan.config.implementation)
   return model, prepare
 
 

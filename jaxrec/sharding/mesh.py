@@ -1,11 +1,13 @@
 """Device meshes from a config: named axes, ``-1`` for "the rest", and the (host, local) form.
 
 A flat mesh has the axes of ``axis_sizes`` in order, e.g. ``{'data': -1, 'fsdp': 4, 'tensor': 1}``
-on 8 devices is ``data=2, fsdp=4, tensor=1``. The hierarchical mesh prepends a ``'host'`` axis:
-the devices are split into ``num_hosts`` equal groups (one per process on a multi-host run, or
-virtual hosts of consecutive devices on one process) and ``axis_sizes`` then describe one group,
-so ``-1`` means "the rest of the host's devices". HYBRID_SHARD shards within a host (the local
-``fsdp`` axis) and replicates across ``host``; DMT will put its towers on the same split.
+on 8 devices is ``data=2, fsdp=4, tensor=1``; ``{'data': 1, 'fsdp': 1, 'expert': 8}`` splits a
+MoE model's experts (and the batch) over 8 devices (``jaxrec.sharding.expert_parallel``). The
+hierarchical mesh prepends a ``'host'`` axis: the devices are split into ``num_hosts`` equal
+groups (one per process on a multi-host run, or virtual hosts of consecutive devices on one
+process) and ``axis_sizes`` then describe one group, so ``-1`` means "the rest of the host's
+devices". HYBRID_SHARD shards within a host (the local ``fsdp`` axis) and replicates across
+``host``; DMT will put its towers on the same split.
 
 Devices are always taken from the global device list (``jax.devices()``: every process's devices
 on a multi-process run) in host-major order, sorted by ``(process_index, id)``, so each host's
@@ -26,8 +28,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-# The standard mesh axes, in mesh order; HOST_AXIS leads a hierarchical mesh.
-MESH_AXES = ('data', 'fsdp', 'tensor')
+# The standard mesh axes, in mesh order; HOST_AXIS leads a hierarchical mesh. 'expert' splits the
+# experts of a MoE model (and, like 'data' and 'fsdp', the batch): jaxrec.sharding.expert_parallel.
+MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
+EXPERT_AXIS = 'expert'
 HOST_AXIS = 'host'
 
 
@@ -128,9 +132,12 @@ def mesh_from_config(sharding_cfg: Any, devices: Optional[Sequence[Any]] = None)
 
   ``sharding_cfg.mesh`` maps axis names to sizes (``-1``: the rest); ``sharding_cfg.hosts`` is 0
   for a flat mesh, or the number of host groups of a hierarchical mesh (-1: one per process), in
-  which case the sizes are per host.
+  which case the sizes are per host. An ``expert`` axis of size 1 (the default: no expert
+  parallelism) is left out of the mesh, which is then the one the config describes without it.
   """
   sizes = axis_sizes_from_config(sharding_cfg.mesh)
+  if sizes.get(EXPERT_AXIS) == 1:
+    del sizes[EXPERT_AXIS]
   hosts = int(sharding_cfg.get('hosts', 0))
   if hosts == 0:
     return make_mesh(sizes, devices)

@@ -7,7 +7,8 @@ called ``name`` if that dimension has none yet and no other dimension of the sam
 uses one of ``axes``. So an embedding table ``('vocab', 'embed')`` is sharded by rows over
 ``fsdp`` (``'embed'`` finds ``fsdp`` taken and stays whole), a transformer kernel ``('embed',
 'mlp')`` is ``fsdp`` x ``tensor``, and an activation ``('batch', 'length', 'embed')`` is split by
-rows over every data-parallel axis.
+rows over every data-parallel axis (``host``, ``data``, ``fsdp`` and ``expert``: tokens are split
+over the expert devices too, as in GShard).
 
 ``'fsdp'`` here stands for "the axis parameters are fully sharded over": the FSDP strategy
 (``jaxrec.sharding.fsdp``) rewrites it per array role (e.g. NO_SHARD drops it from parameters,
@@ -29,11 +30,16 @@ Rules = tuple[tuple[str, MeshAxes], ...]
 BATCH = 'batch'
 FSDP = 'fsdp'
 TENSOR = 'tensor'
+EXPERT = 'expert'
+# The mesh axes batch rows (and a MoE layer's tokens) are split over, in row-major order: the
+# expert axis last, so each expert device holds a contiguous block of tokens
+# (jaxrec.sharding.expert_parallel).
+BATCH_MESH_AXES = ('host', 'data', FSDP, EXPERT)
 
 # Priority order matters (see the module docstring).
 LOGICAL_AXIS_RULES: Rules = (
     # Activations: rows over every data-parallel axis.
-    (BATCH, ('host', 'data', 'fsdp')),
+    (BATCH, BATCH_MESH_AXES),
     ('length', None),
     # FSDP: the first of these a parameter has is split over the fsdp axis.
     ('vocab', FSDP),  # embedding tables by rows
@@ -45,10 +51,11 @@ LOGICAL_AXIS_RULES: Rules = (
     ('mlp', TENSOR),
     ('heads', TENSOR),
     ('cross', TENSOR),
+    # Expert parallelism: MoE experts over the expert axis (jaxrec.sharding.expert_parallel).
+    (EXPERT, EXPERT),
     # Never sharded: small or structural dimensions.
     ('mlp_out', None),
     ('kv', None),
-    ('expert', None),
     ('modality', None),  # per-modality weight copies (jaxrec.layers.decoder, MoT)
     ('rank', None),
     ('rank_in', None),

@@ -81,7 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Sharding (jaxrec.sharding, docs/fsdp.md): a mesh over every device of every process and the
   # FSDP strategy. The default is plain data parallelism over all devices.
   c.sharding = ml_collections.ConfigDict()
-  c.sharding.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # -1: rest
+  # -1: the rest. expert > 1: a MoE model's experts (decoder_lm, ffn='moe') and the batch split
+  # over that many devices, all-to-all dispatch (jaxrec.sharding.expert_parallel); 1: no such axis.
+  c.sharding.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'expert': 1, 'tensor': 1})
   c.sharding.hosts = 0  # 0: flat mesh; N, or -1 = one per process: (host, local) mesh, sizes per host
   c.sharding.strategy = 'NO_SHARD'  # FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
   c.sharding.implementation = 'gspmd'  # gspmd | shard_map (explicit collectives; FULL/HYBRID)

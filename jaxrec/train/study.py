@@ -134,3 +134,35 @@ def trailing_mean(steps: Sequence[float], values: Sequence[float], window: float
       num, den = num + w * values[j], den + w
     out.append(num / den if den > 0 else float(values[i]))
   return out
+
+
+def read_curves(workdir: str) -> dict:
+  """split -> records of the run's ``metrics.jsonl`` by increasing step, the last of a step kept
+  (a resumed run logs again the steps after its checkpoint); splits 'train' and 'valid'."""
+  from jaxrec.train.writers import read_metrics  # pylint: disable=g-import-not-at-top
+  by_step = {'train': {}, 'valid': {}}
+  for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')):
+    if r['split'] in by_step:
+      by_step[r['split']][int(r['step'])] = r
+  return {split: [d[s] for s in sorted(d)] for split, d in by_step.items()}
+
+
+def lm_size(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Total and non-embedding parameters and forward matmul FLOPs per token (as trained:
+  ``mixed_modal_lm_flops``) of a decoder-LM run's model (its schema from the run's
+  ``dataset_state.json``)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxrec.data.schema import schema_from_dict  # pylint: disable=g-import-not-at-top
+  from jaxrec.models.mixed_modal_lm import mixed_modal_lm_flops  # pylint: disable=g-import-not-at-top
+  from jaxrec.train.evaluation import load_dataset_state  # pylint: disable=g-import-not-at-top
+  from jaxrec.train.loop import make_model  # pylint: disable=g-import-not-at-top
+  schema = schema_from_dict(load_dataset_state(workdir)['schema'])
+  lm = make_model(config, schema).lm()
+  tokens = np.zeros((1, schema.seq_len), np.int32)
+  modality = np.repeat(np.arange(schema.num_modalities, dtype=np.int32),
+                       schema.modality_counts)[None]  # the static per-modality counts
+  shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), tokens, modality, train=False))
+  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+  return {'params': params, 'non_embedding_params': params - lm.vocab_size * lm.embed_dim,
+          'flops_per_token': mixed_modal_lm_flops(lm, schema.seq_len) / schema.seq_len}
