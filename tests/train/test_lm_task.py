@@ -77,9 +77,16 @@ def test_task_for_sequences():
   assert isinstance(one_hot_schema(['a'], [4]), FeatureSchema)
 
 
-def _config(untie, workdir_data, **overrides):
+@pytest.fixture(scope='module')
+def lm_cache(tmp_path_factory):
+  """One BPE / codebook cache for the module's runs (keyed by their options)."""
+  return str(tmp_path_factory.mktemp('lm_cache'))
+
+
+def _config(untie, workdir_data, cache_dir, **overrides):
   c = mixed_modal_config(untie, 'xs')
   c.data_dir = str(workdir_data)
+  c.dataset_options.mixed_modal.cache_dir = cache_dir
   c.model_kwargs.update(num_layers=1, embed_dim=32, num_heads=2, head_dim=16, mlp_dim=64)
   opts = c.dataset_options.mixed_modal
   opts.update(seq_len=128, images_per_sequence=1, train_rows=48, valid_rows=16,
@@ -93,9 +100,9 @@ def _config(untie, workdir_data, **overrides):
 
 
 @pytest.mark.slow
-def test_mot_lm_trains_and_resumes_exactly(shared_data, tmp_path):
+def test_mot_lm_trains_and_resumes_exactly(shared_data, tmp_path, lm_cache):
   untie = 'mot'  # the dense model trains through the same loop in docs/mot.md's doc check
-  full = loop.train_and_evaluate(_config(untie, shared_data), str(tmp_path / 'full'))
+  full = loop.train_and_evaluate(_config(untie, shared_data, lm_cache), str(tmp_path / 'full'))
   v = full['valid']
   assert set(v) >= {'loss', 'ppl', 'text_loss', 'image_loss', 'text_ppl', 'image_ppl', 'tokens'}
   assert v['tokens'] == 16 * 128 and v['image_tokens'] == 16 * 49
@@ -106,20 +113,21 @@ def test_mot_lm_trains_and_resumes_exactly(shared_data, tmp_path):
   assert train[-1]['loss'] < train[0]['loss']  # it learns
   # Stopped after 5 steps (mid-epoch), then resumed: the same results.
   part = str(tmp_path / 'part')
-  loop.train_and_evaluate(_config(untie, shared_data, max_steps=5), part)
-  resumed = loop.train_and_evaluate(_config(untie, shared_data), part)
+  loop.train_and_evaluate(_config(untie, shared_data, lm_cache, max_steps=5), part)
+  resumed = loop.train_and_evaluate(_config(untie, shared_data, lm_cache), part)
   np.testing.assert_allclose(resumed['valid']['loss'], v['loss'], rtol=1e-6)
   assert os.path.exists(os.path.join(part, 'dataset_state.json'))
 
 
-def test_lm_refuses_shard_map_and_table_plans(shared_data, tmp_path):
-  c = _config('mot', shared_data)
+def test_lm_refuses_shard_map_and_table_plans(shared_data, tmp_path, lm_cache):
+  c = _config('mot', shared_data, lm_cache)
   c.sharding.strategy, c.sharding.implementation = 'FULL_SHARD', 'shard_map'
   with pytest.raises(ConfigError, match='shard_map'):
     loop.train_and_evaluate(c, str(tmp_path / 'a'))
-  c = _config('mot', shared_data)
+  c = _config('mot', shared_data, lm_cache)
   c.embedding.plan = 'row_wise'
   with pytest.raises(ConfigError, match='sharded tables'):
     loop.train_and_evaluate(c, str(tmp_path / 'b'))
   with pytest.raises(ConfigError, match="'loss'"):
-    loop.train_and_evaluate(_config('none', shared_data, monitor='auc'), str(tmp_path / 'c'))
+    loop.train_and_evaluate(_config('none', shared_data, lm_cache, monitor='auc'),
+                            str(tmp_path / 'c'))
