@@ -1,7 +1,11 @@
-"""Mixture-of-Transformers vs dense decoder LM: compiled FLOPs, train-step time and parameters.
+"""Mixed-modal decoder LMs against dense: compiled FLOPs, train-step time and parameters.
 
     python scripts/bench_mot.py [--sizes xs,s,m] [--batch_size 8] [--steps 10] [--warmup 3]
-        [--out docs/mot_bench]
+        [--variants dense,mot,mot_every_modality] [--out docs/mot_bench]
+
+``--variants`` may also name the MoMa study's models (``jaxrec.train.config.MOMA_VARIANTS``:
+moe, moe_mod, moma, moma_mod; ``moma_config``), each measured the same way (their goal column
+applies the same limits: compute-matched to dense; MoD variants are cheaper by design).
 
 For each size of ``jaxrec.train.config.MIXED_MODAL_SIZES``, builds the dense (``untie='none'``) and
 the MoT (``untie='mot'``, grouped routing by the static per-modality counts) ``decoder_lm`` of
@@ -43,7 +47,7 @@ from jaxrec.data.schema import SequenceSchema
 from jaxrec.models.mixed_modal_lm import DecoderLM, check_modality_counts, mixed_modal_lm_flops
 from jaxrec.train import loop
 from jaxrec.train import state as state_lib
-from jaxrec.train.config import MIXED_MODAL_SIZES, mixed_modal_config
+from jaxrec.train.config import MIXED_MODAL_SIZES, MOMA_VARIANTS, mixed_modal_config, moma_config
 from jaxrec.train.study import machine_line
 
 FLOPS_GOAL, TIME_GOAL = 1.1, 1.25
@@ -87,7 +91,10 @@ def build(size: str, variant: str, schema: SequenceSchema, batch: dict, scan_lay
           abstract: bool):
   """``(model, train_step, state)`` as ``scripts/train.py`` builds them; ``abstract``: the state
   as shapes only (enough to compile and count FLOPs), else initialised (jitted, as the trainer)."""
-  config = mixed_modal_config('none' if variant == 'dense' else 'mot', size)
+  if variant in MOMA_VARIANTS:
+    config = moma_config(variant, size)
+  else:
+    config = mixed_modal_config('mot', size)
   config.model_kwargs.scan_layers = scan_layers
   model = loop.make_model(config, schema)
   if variant == 'mot_every_modality':
@@ -152,7 +159,7 @@ def measure_size(size: str, variants, schema: SequenceSchema, a) -> list[dict]:
 def markdown(rows: list[dict], a, load_start: float, load_end: float, command: str) -> str:
   g = 1e9
   lines = [
-      '# Mixture-of-Transformers vs dense: compiled FLOPs and train-step time', '',
+      '# Mixed-modal decoders vs dense: compiled FLOPs and train-step time', '',
       f'Batch {a.batch_size} x {SEQ_LEN} tokens (158 text, 98 image per row), vocabulary '
       f'{TEXT_VOCAB} + 5 + {CODEBOOK} = {TEXT_VOCAB + 5 + CODEBOOK}; the `decoder_lm` of '
       '`mixed_modal_config` with its Adam (clip, cosine schedule) and language-model loss. FLOPs: '
@@ -160,7 +167,7 @@ def markdown(rows: list[dict], a, load_start: float, load_end: float, command: s
       'Adam), compiled with `scan_layers=False` because XLA counts a scanned loop body once. Step '
       f'time: median of {a.steps} steps after {a.warmup} warm-up, the models alternating, compiled '
       'as training runs them (`scan_layers=True`). Analytic: `mixed_modal_lm_flops` (forward '
-      'matmuls only) for the batch. Goals: MoT FLOPs (forward and train step) within '
+      'matmuls only) for the batch. Goals: FLOPs (forward and train step) within '
       f'{FLOPS_GOAL}x of dense, step time within {TIME_GOAL}x. `mot_every_modality` is MoT with '
       '`modality_capacity=None` (every modality on every token), measured at the smallest size '
       'only.', '',
@@ -185,12 +192,18 @@ def parse(argv):
   p.add_argument('--steps', type=int, default=10)
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--seed', type=int, default=0, help='seeds the random rows')
+  p.add_argument('--variants', default=','.join(VARIANTS),
+                 help=f'dense first, then any of {VARIANTS[1:] + tuple(MOMA_VARIANTS)[1:]}')
   p.add_argument('--out', default='', help='writes {out}.md and {out}.csv')
   a = p.parse_args(argv)
   a.sizes = [s for s in a.sizes.split(',') if s]
   bad = [s for s in a.sizes if s not in MIXED_MODAL_SIZES]
   if bad or not a.sizes:
     p.error(f'--sizes {bad or a.sizes}: each must be one of {list(MIXED_MODAL_SIZES)}')
+  a.variants = [v for v in a.variants.split(',') if v]
+  known = set(VARIANTS) | set(MOMA_VARIANTS)
+  if not a.variants or a.variants[0] != 'dense' or any(v not in known for v in a.variants):
+    p.error(f'--variants {a.variants}: dense first, then any of {sorted(known - {"dense"})}')
   if a.batch_size < 1 or a.steps < 1 or a.warmup < 0:
     p.error('--batch_size and --steps must be >= 1, --warmup >= 0')
   return a
@@ -205,7 +218,8 @@ def main(argv=None) -> None:
   smallest = min(a.sizes, key=list(MIXED_MODAL_SIZES).index)
   rows = []
   for size in a.sizes:
-    rows += measure_size(size, VARIANTS if size == smallest else VARIANTS[:2], schema, a)
+    variants = [v for v in a.variants if v != 'mot_every_modality' or size == smallest]
+    rows += measure_size(size, variants, schema, a)
   text = markdown(rows, a, load_start, os.getloadavg()[0],
                   'python scripts/bench_mot.py ' + shlex.join(argv))
   print(text)

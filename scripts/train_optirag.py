@@ -68,8 +68,12 @@ def build_retriever(c, data, encoder):
   test = data.rows('test')
   users, items = data.user[test], data.item[test]
   n = c.num_similar_users
+  if c.latency_queries < 1:
+    raise ValueError(f'config.latency_queries must be >= 1, got {c.latency_queries}')
+  cap = lambda q: min(q, c.latency_queries)
   latency = {f'ms_per_query_batch{b}': 1e3 * time_per_query(
-      lambda u, i: r.retrieve(u, i, n), users[:q], items[:q], b) for b, q in ((1, 32), (64, 128))}
+      lambda u, i: r.retrieve(u, i, n), users[:cap(q)], items[:cap(q)], b)
+      for b, q in ((1, 32), (64, 128))}
   return (lambda u, i: fast(u, i, n)), latency
 
 

@@ -167,7 +167,7 @@ FMNIST_STUDY_SHORT = ('--set num_epochs=1 --set dataset_options.fashion_mnist.tr
 # dominates the block at the default 128 tokens.
 OPTIRAG_SHORT = ('--config.max_train_samples=16 --config.max_valid_samples=16 '
                  '--config.max_test_samples=16 --config.gcn.epochs=1 --config.batch_size=8 '
-                 '--config.lm_max_length=16')
+                 '--config.lm_max_length=16 --config.latency_queries=2')
 STUDY_SHORT = ('--thresholds 0,1,inf --timed_thresholds inf --repeats 1 --rows 8 --batch_size 8 '
                '--latency_queries 2')
 # A random tiny run in the layout of scripts/train_optirag.py (tests/serving/fake_run.py; the
@@ -468,6 +468,12 @@ COMMANDS: dict[str, object] = {
     '--fork_from runs/moma':
         Run(append=LM_TINY + ' --config.learning_rate=0.01', needs=('shared_data',),
             check=doc_checks.moma_aux),
+    # docs/moma.md: the benchmark at the smallest size, dense and MoMa + MoD, one timed step.
+    'python scripts/bench_mot.py --sizes xs --variants dense,mot,moe,moe_mod,moma,moma_mod '
+    '--batch_size 8 --out docs/moma_bench':
+        Run(replace=(('--variants dense,mot,moe,moe_mod,moma,moma_mod --batch_size 8',
+                      '--variants dense,moma_mod --batch_size 2'),),
+            append='--steps 1 --warmup 1'),
     # docs/moma.md: expert parallelism on 8 emulated devices (data 4 x expert 2), two steps.
     'python scripts/train.py --config configs/moma_mixed_modal.py:moma --workdir runs/moma_ep '
     '--cpu_devices=8 --config.sharding.mesh.expert=2': Run(append=LM_TINY, needs=('shared_data',)),

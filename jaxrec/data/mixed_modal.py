@@ -97,24 +97,30 @@ def modality_of(ids: np.ndarray, schema: SequenceSchema) -> np.ndarray:
   return (np.asarray(ids) >= schema.image_offset).astype(np.int32)
 
 
+def _first_outside(values: np.ndarray, size: int) -> Optional[tuple[tuple[int, ...], int]]:
+  """(position, value) of the first entry of ``values`` outside ``[0, size)``, or None."""
+  values = np.asarray(values)
+  bad = (values < 0) | (values >= size)
+  if not bad.any():
+    return None
+  pos = tuple(int(i) for i in np.argwhere(bad)[0])
+  return pos, int(values[pos])
+
+
 def check_modality(modality: np.ndarray, schema: SequenceSchema, where: str = 'modality') -> None:
   """ValueError naming ``where``, the position and the value of a modality id outside
   ``[0, schema.num_modalities)``."""
-  modality = np.asarray(modality)
-  bad = (modality < 0) | (modality >= schema.num_modalities)
-  if bad.any():
-    pos = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f'{where}: position {pos}: unknown modality id {int(modality[pos])}; known: '
+  found = _first_outside(modality, schema.num_modalities)
+  if found:
+    raise ValueError(f'{where}: position {found[0]}: unknown modality id {found[1]}; known: '
                      f'{dict(enumerate(schema.modality_names))}')
 
 
 def check_tokens(ids: np.ndarray, schema: SequenceSchema, where: str = 'tokens') -> None:
   """ValueError naming ``where``, the position and the value of an id outside the vocabulary."""
-  ids = np.asarray(ids)
-  bad = (ids < 0) | (ids >= schema.vocab_size)
-  if bad.any():
-    pos = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f'{where}: position {pos}: token id {int(ids[pos])} is outside '
+  found = _first_outside(ids, schema.vocab_size)
+  if found:
+    raise ValueError(f'{where}: position {found[0]}: token id {found[1]} is outside '
                      f'[0, {schema.vocab_size})')
 
 

@@ -254,6 +254,7 @@ def optirag_config(retriever: str = 'gcn') -> ml_collections.ConfigDict:
   c.max_length = 64  # prompt tokens
   c.lm_history_length = 20  # items in an LM-retriever user text
   c.lm_max_length = 128
+  c.latency_queries = 128  # test queries timed per retrieval batch size (32 of them one by one)
   c.gcn = ml_collections.ConfigDict(dict(dim=64, num_layers=3, learning_rate=1e-3, l2=1e-4,
                                          batch_size=2048, epochs=200, seed=0))
   c.head_hidden = 128

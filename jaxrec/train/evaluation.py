@@ -49,7 +49,7 @@ def restore_for_inference(workdir: str, checkpoint: str = 'best'):
   # The run's optimizer and recipe give its checkpoint's layout (steps do not change shapes).
   tx = state_lib.make_optimizer(optim_config(config, total_steps=1))
   recipe = make_recipe(config, make_task(config, schema), total_steps=1)
-  example = _dummy_batch(schema)
+  example = example_batch(schema)
   if recipe.lookahead:
     example = with_next(example, example)
   run = reshard.RunModel(model, schema, tx, example, config.seed, recipe, config.batch_size)
@@ -70,7 +70,9 @@ def restore_for_inference(workdir: str, checkpoint: str = 'best'):
   return config, model, state, data_state
 
 
-def _dummy_batch(schema) -> dict:
+def example_batch(schema) -> dict:
+  """A one-row batch of zeros in the layout of ``schema``'s data (CTR, image or token
+  sequence): enough to initialise a model or plan its state."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxrec.data.dataset import ArrayDataset  # pylint: disable=g-import-not-at-top
   if isinstance(schema, ImageSchema):

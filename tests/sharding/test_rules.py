@@ -33,7 +33,7 @@ FLAT_FSDP = {'data': 1, 'fsdp': -1, 'tensor': 1}
 def plan(model, strategy, axes=FLAT_FSDP, hosts=0, **kwargs):
   tx = state_lib.make_optimizer(common.OPTIM)
   if isinstance(model.schema, SequenceSchema):
-    batch = evaluation._dummy_batch(model.schema)  # pylint: disable=protected-access
+    batch = evaluation.example_batch(model.schema)
   elif isinstance(model.schema, ImageSchema):
     batch = {'image': np.zeros((8,) + model.schema.shape, np.float32),
              'label': np.zeros(8, np.int32), 'weight': np.ones(8, np.float32)}
