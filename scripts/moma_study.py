@@ -306,9 +306,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  from jaxrec.errors import UserError  # pylint: disable=g-import-not-at-top
-  from jaxrec.train.cli import exit_with  # pylint: disable=g-import-not-at-top
-  try:
-    main()
-  except UserError as e:  # a config or run directory to fix: its message alone, status 1
-    exit_with(str(e))
+  from jaxrec.train.cli import run_argparse  # pylint: disable=g-import-not-at-top
+  run_argparse(main)  # a config or run directory to fix: its message alone, status 1

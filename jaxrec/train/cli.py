@@ -32,6 +32,11 @@ def run(main: Callable[[list[str]], Any], config_flag: Optional[str] = None) -> 
           flags_parser=functools.partial(parse_flags, config_flag=config_flag))
 
 
+def run_argparse(main: Callable[[], Any]) -> None:
+  """``main()`` of an argparse script with user errors printed as one line (status 1)."""
+  _catch_user_errors(lambda _: main())(None)
+
+
 def exit_with(message: str) -> None:
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(1)

@@ -206,23 +206,21 @@ def make_loss_and_grad(model: nn.Module, mask: PyTree, cfg: OptimConfig,
   task = CTRTask() if task is None else task
   recipe = PlainRecipe() if recipe is None else recipe
 
-  def forward_sown(params, feats, key, stats):
+  def apply(params, feats, key, stats, collections):
     params, feats = hooks.prepare(params, feats)
     variables = {'params': params}
     if stats:
       variables['batch_stats'] = stats
     out, updates = model.apply(variables, feats, train=True, rngs={'dropout': key},
-                               mutable=['batch_stats', 'intermediates'])
-    return out, updates.get('batch_stats', {}), updates.get('intermediates', {})
+                               mutable=['batch_stats', *collections])
+    return (out, updates.get('batch_stats', {}),
+            *(updates.get(c, {}) for c in collections))
 
   def forward(params, feats, key, stats):
-    params, feats = hooks.prepare(params, feats)
-    variables = {'params': params}
-    if stats:
-      variables['batch_stats'] = stats
-    out, updates = model.apply(variables, feats, train=True, rngs={'dropout': key},
-                               mutable=['batch_stats'])
-    return out, updates.get('batch_stats', {})
+    return apply(params, feats, key, stats, ())
+
+  def forward_sown(params, feats, key, stats):
+    return apply(params, feats, key, stats, ('intermediates',))
 
   forward_fn, forward_sown_fn = hooks.checkpoint(forward), hooks.checkpoint(forward_sown)
 
